@@ -1,0 +1,321 @@
+//! Reading and writing the session cookie.
+
+use std::time::{Duration, SystemTime};
+
+use cookie::{Cookie, CookieJar, SameSite};
+use http::{HeaderMap, HeaderValue, header};
+
+use crate::id::SessionId;
+use crate::key::Key;
+
+/// Cookie headers longer than this are not parsed at all: no legitimate client
+/// sends more, and parsing cost must not be the attacker's to choose.
+const MAX_COOKIE_HEADER_LEN: usize = 8 * 1024;
+/// Our cookie's value is at most 96 characters (encrypted form); anything much
+/// longer is not ours.
+const MAX_VALUE_LEN: usize = 128;
+
+/// How the session cookie's value is protected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CookieProtection {
+    /// HMAC-SHA256 signed: tamper-proof, readable. The default.
+    #[default]
+    Signed,
+    /// AES-256-GCM encrypted and authenticated: tamper-proof and unreadable.
+    Private,
+}
+
+/// How the session cookie is named, scoped and protected.
+#[derive(Clone, Debug)]
+pub(crate) struct CookieConfig {
+    pub name: String,
+    pub path: String,
+    pub domain: Option<String>,
+    pub secure: bool,
+    pub http_only: bool,
+    pub same_site: SameSite,
+    /// Send `Max-Age` so the cookie outlives the browser session.
+    pub persistent: bool,
+    pub protection: CookieProtection,
+    /// The first signs; all verify.
+    pub keys: Vec<Key>,
+}
+
+impl Default for CookieConfig {
+    fn default() -> Self {
+        Self {
+            name: "id".to_owned(),
+            path: "/".to_owned(),
+            domain: None,
+            secure: true,
+            http_only: true,
+            same_site: SameSite::Lax,
+            persistent: false,
+            protection: CookieProtection::Signed,
+            keys: Vec::new(),
+        }
+    }
+}
+
+impl CookieConfig {
+    /// Checks the rules browsers enforce for prefixed names and `SameSite=None`,
+    /// so a misconfiguration fails at startup rather than as cookies that
+    /// browsers silently drop.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty()
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+        {
+            return Err(format!("{:?} is not a valid cookie name", self.name));
+        }
+        if self.keys.is_empty() {
+            return Err("at least one cookie key is required".to_owned());
+        }
+        let host = self.name.starts_with("__Host-");
+        if (host || self.name.starts_with("__Secure-")) && !self.secure {
+            return Err(format!(
+                "cookie {:?} must be Secure: its prefix requires it",
+                self.name
+            ));
+        }
+        if host && (self.path != "/" || self.domain.is_some()) {
+            return Err(format!(
+                "cookie {:?} must have Path=/ and no Domain: the __Host- prefix requires it",
+                self.name
+            ));
+        }
+        if self.same_site == SameSite::None && !self.secure {
+            return Err("SameSite=None requires the Secure attribute".to_owned());
+        }
+        Ok(())
+    }
+
+    /// Finds the session ID in a request's cookies. Anything doubtful — no
+    /// cookie, several cookies of our name (cookie tossing), an oversized
+    /// header, a bad signature, a malformed value — is "no session".
+    pub fn read(&self, headers: &HeaderMap) -> Option<SessionId> {
+        let mut found: Option<Cookie<'static>> = None;
+        let mut total = 0;
+        for value in headers.get_all(header::COOKIE) {
+            total += value.len();
+            if total > MAX_COOKIE_HEADER_LEN {
+                return None;
+            }
+            let Ok(text) = value.to_str() else { continue };
+            for cookie in Cookie::split_parse(text).flatten() {
+                if cookie.name() != self.name {
+                    continue;
+                }
+                if found.is_some() {
+                    return None;
+                }
+                if cookie.value().len() > MAX_VALUE_LEN {
+                    return None;
+                }
+                found = Some(cookie.into_owned());
+            }
+        }
+        let cookie = found?;
+        let jar = CookieJar::new();
+        for key in &self.keys {
+            let opened = match self.protection {
+                CookieProtection::Signed => jar.signed(&key.0).verify(cookie.clone()),
+                CookieProtection::Private => jar.private(&key.0).decrypt(cookie.clone()),
+            };
+            if let Some(opened) = opened {
+                return SessionId::from_cookie_value(opened.value());
+            }
+        }
+        None
+    }
+
+    /// The `Set-Cookie` value that hands `id` to the client.
+    pub fn issue(&self, id: &SessionId, expires_at: SystemTime) -> HeaderValue {
+        let mut cookie = self.base(id.to_cookie_value());
+        if self.persistent {
+            let remaining = expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            cookie.set_max_age(cookie::time::Duration::seconds(
+                i64::try_from(remaining.as_secs()).unwrap_or(i64::MAX),
+            ));
+        }
+        let mut jar = CookieJar::new();
+        let key = &self.keys[0].0;
+        match self.protection {
+            CookieProtection::Signed => jar.signed_mut(key).add(cookie),
+            CookieProtection::Private => jar.private_mut(key).add(cookie),
+        }
+        let sealed = jar
+            .get(&self.name)
+            .expect("a cookie added to the jar is in the jar");
+        header_value(sealed)
+    }
+
+    /// The `Set-Cookie` value that makes the client drop the cookie.
+    pub fn removal(&self) -> HeaderValue {
+        let mut cookie = self.base(String::new());
+        cookie.make_removal();
+        header_value(&cookie)
+    }
+
+    fn base(&self, value: String) -> Cookie<'static> {
+        let mut cookie = Cookie::build((self.name.clone(), value))
+            .path(self.path.clone())
+            .secure(self.secure)
+            .http_only(self.http_only)
+            .same_site(self.same_site)
+            .build();
+        if let Some(domain) = &self.domain {
+            cookie.set_domain(domain.clone());
+        }
+        cookie
+    }
+}
+
+fn header_value(cookie: &Cookie<'_>) -> HeaderValue {
+    HeaderValue::try_from(cookie.to_string())
+        .expect("cookie names and values are validated, so the header is valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(keys: Vec<Key>) -> CookieConfig {
+        CookieConfig {
+            keys,
+            ..CookieConfig::default()
+        }
+    }
+
+    fn headers(cookie: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_str(cookie).unwrap());
+        headers
+    }
+
+    /// The `name=value` part of a Set-Cookie header.
+    fn pair(set_cookie: &HeaderValue) -> String {
+        set_cookie
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn issued_cookie_reads_back_with_default_attributes() {
+        let config = config(vec![Key::generate()]);
+        let id = SessionId::generate();
+        let set = config.issue(&id, SystemTime::now());
+        let text = set.to_str().unwrap();
+        for attribute in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
+            assert!(text.contains(attribute), "{text} lacks {attribute}");
+        }
+        assert!(
+            !text.contains("Max-Age"),
+            "browser-session cookie by default"
+        );
+        assert_eq!(config.read(&headers(&pair(&set))), Some(id));
+    }
+
+    #[test]
+    fn private_cookies_hide_the_id_and_read_back() {
+        let mut config = config(vec![Key::generate()]);
+        config.protection = CookieProtection::Private;
+        let id = SessionId::generate();
+        let set = config.issue(&id, SystemTime::now());
+        assert!(!set.to_str().unwrap().contains(&id.to_cookie_value()));
+        assert_eq!(config.read(&headers(&pair(&set))), Some(id));
+    }
+
+    #[test]
+    fn rotated_keys_verify_old_cookies_and_sign_with_the_first() {
+        let old = Key::generate();
+        let new = Key::generate();
+        let id = SessionId::generate();
+        let issued_before = config(vec![old.clone()]).issue(&id, SystemTime::now());
+        let rotated = config(vec![new.clone(), old]);
+        assert_eq!(
+            rotated.read(&headers(&pair(&issued_before))),
+            Some(id.clone())
+        );
+        let issued_after = rotated.issue(&id, SystemTime::now());
+        assert_eq!(
+            config(vec![new]).read(&headers(&pair(&issued_after))),
+            Some(id)
+        );
+    }
+
+    #[test]
+    fn doubtful_cookies_mean_no_session() {
+        let config = config(vec![Key::generate()]);
+        let id = SessionId::generate();
+        let good = pair(&config.issue(&id, SystemTime::now()));
+        let value = good.strip_prefix("id=").unwrap();
+        let mut flipped = value.to_owned().into_bytes();
+        let last = flipped.len() - 1;
+        flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
+        let flipped = String::from_utf8(flipped).unwrap();
+        let foreign = pair(&self::config(vec![Key::generate()]).issue(&id, SystemTime::now()));
+        let cases = [
+            format!("id={}", id.to_cookie_value()),
+            format!("id={flipped}"),
+            foreign,
+            format!("{good}; {good}"),
+            format!("id={}", "A".repeat(5000)),
+            "id=".to_owned(),
+            "id=%%%%;;;==".to_owned(),
+            format!("{good}; pad={}", "x".repeat(9000)),
+        ];
+        for case in &cases {
+            assert_eq!(config.read(&headers(case)), None, "{case}");
+        }
+        assert_eq!(config.read(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_cookie_split_over_two_headers_still_counts_as_duplicated() {
+        let config = config(vec![Key::generate()]);
+        let good = pair(&config.issue(&SessionId::generate(), SystemTime::now()));
+        let mut headers = headers(&good);
+        headers.append(header::COOKIE, HeaderValue::from_str(&good).unwrap());
+        assert_eq!(config.read(&headers), None);
+    }
+
+    #[test]
+    fn other_cookies_do_not_disturb_ours() {
+        let config = config(vec![Key::generate()]);
+        let id = SessionId::generate();
+        let good = pair(&config.issue(&id, SystemTime::now()));
+        assert_eq!(
+            config.read(&headers(&format!("theme=dark; {good}; lang=en"))),
+            Some(id)
+        );
+    }
+
+    #[test]
+    fn prefix_rules_are_enforced() {
+        let mut config = config(vec![Key::generate()]);
+        config.name = "__Host-id".to_owned();
+        assert!(config.validate().is_ok());
+        config.path = "/app".to_owned();
+        assert!(config.validate().is_err());
+        config.path = "/".to_owned();
+        config.domain = Some("example.com".to_owned());
+        assert!(config.validate().is_err());
+        config.domain = None;
+        config.secure = false;
+        assert!(config.validate().is_err());
+        config.name = "__Secure-id".to_owned();
+        assert!(config.validate().is_err());
+        config.name = "bad name".to_owned();
+        config.secure = true;
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,99 @@
+//! The [`Session`] extractor and its lazy loading.
+
+use std::sync::Arc;
+
+use axum_core::extract::FromRequestParts;
+use axum_core::response::{IntoResponse, Response};
+use http::StatusCode;
+use http::request::Parts;
+use tokio::sync::OnceCell;
+
+use crate::config::Config;
+use crate::id::SessionId;
+use crate::session::Session;
+use crate::store::{SessionStore, StoreError};
+
+/// What the layer leaves in each request's extensions: enough to load the
+/// session, which happens only if something extracts it.
+#[derive(Clone)]
+pub(crate) struct LazySession {
+    inner: Arc<LazyInner>,
+}
+
+struct LazyInner {
+    store: Arc<dyn SessionStore>,
+    config: Arc<Config>,
+    id: Option<SessionId>,
+    session: OnceCell<Session>,
+}
+
+impl LazySession {
+    pub fn new(store: Arc<dyn SessionStore>, config: Arc<Config>, id: Option<SessionId>) -> Self {
+        Self {
+            inner: Arc::new(LazyInner {
+                store,
+                config,
+                id,
+                session: OnceCell::new(),
+            }),
+        }
+    }
+
+    /// The session, loading it on first use. A failed load is not remembered, so
+    /// a later extraction in the same request tries again.
+    pub async fn get(&self) -> Result<Session, StoreError> {
+        let inner = &*self.inner;
+        inner
+            .session
+            .get_or_try_init(|| {
+                Session::load(inner.store.clone(), inner.config.clone(), inner.id.clone())
+            })
+            .await
+            .cloned()
+    }
+
+    /// The session, if the request loaded it.
+    pub fn loaded(&self) -> Option<&Session> {
+        self.inner.session.get()
+    }
+}
+
+/// Why the [`Session`] extractor failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionRejection {
+    /// The route is not behind a [`SessionLayer`](crate::SessionLayer): a
+    /// programming error, answered with `500`.
+    #[error("the Session extractor was used on a route without a SessionLayer")]
+    MissingLayer,
+    /// The session could not be loaded; answered with `503 Service Unavailable`.
+    #[error("could not load the session: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl IntoResponse for SessionRejection {
+    fn into_response(self) -> Response {
+        match self {
+            Self::MissingLayer => {
+                tracing::error!("{self}");
+                (StatusCode::INTERNAL_SERVER_ERROR, "session layer missing").into_response()
+            }
+            Self::Store(error) => {
+                tracing::error!(%error, "session store unavailable while loading a session");
+                (StatusCode::SERVICE_UNAVAILABLE, "session store unavailable").into_response()
+            }
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Session {
+    type Rejection = SessionRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let lazy = parts
+            .extensions
+            .get::<LazySession>()
+            .ok_or(SessionRejection::MissingLayer)?;
+        Ok(lazy.get().await?)
+    }
+}

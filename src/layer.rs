@@ -1,0 +1,268 @@
+//! [`SessionLayer`] and the [`SessionService`] it wraps services in.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use cookie::SameSite;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::config::Config;
+use crate::cookie::CookieProtection;
+use crate::expiry::Timeouts;
+use crate::extract::LazySession;
+use crate::key::Key;
+use crate::session::CommitError;
+use crate::store::{SessionStore, StoreError};
+
+/// Adds sessions to a service: put it on a router, then take
+/// [`Session`](crate::Session) in handlers.
+///
+/// Secure defaults: a cookie named `id`, signed with HMAC-SHA256, `HttpOnly`,
+/// `Secure`, `SameSite=Lax`, `Path=/`, ending with the browser session; a 30
+/// minute idle timeout and an 8 hour absolute timeout. Configure with the
+/// `with_*` methods; cloning is cheap.
+///
+/// # Examples
+/// ```
+/// use std::time::Duration;
+/// use axum::{Router, routing::get};
+/// use unstuck::{Key, MemoryStore, Session, SessionLayer};
+///
+/// let key = Key::derive_from(b"replace me with 32+ secret bytes from config")?;
+/// let sessions = SessionLayer::new(MemoryStore::new())
+///     .with_keys([key])
+///     .with_idle_timeout(Duration::from_secs(15 * 60));
+/// let app: Router = Router::new()
+///     .route("/", get(|session: Session| async move { session.is_new().to_string() }))
+///     .layer(sessions);
+/// # Ok::<(), unstuck::KeyError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct SessionLayer {
+    store: Arc<dyn SessionStore>,
+    config: Arc<Config>,
+}
+
+impl SessionLayer {
+    /// A layer keeping sessions in `store`.
+    ///
+    /// Until [`with_keys`](Self::with_keys) is called, cookies are signed with a
+    /// random key made here: they stop working when the process restarts and are
+    /// not accepted by other instances.
+    pub fn new(store: impl SessionStore) -> Self {
+        Self::from_arc(Arc::new(store))
+    }
+
+    /// A layer keeping sessions in a store chosen at run time.
+    pub fn from_arc(store: Arc<dyn SessionStore>) -> Self {
+        let mut config = Config::default();
+        config.cookie.keys.push(Key::generate());
+        Self {
+            store,
+            config: Arc::new(config),
+        }
+    }
+
+    fn config(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// The store sessions are kept in.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// The keys that protect the cookie: the first signs (or encrypts), every one
+    /// verifies, so a key can be rotated without logging anyone out. Instances
+    /// behind one load balancer must share them.
+    ///
+    /// An empty list is rejected when the layer is applied.
+    pub fn with_keys(mut self, keys: impl IntoIterator<Item = Key>) -> Self {
+        self.config().cookie.keys = keys.into_iter().collect();
+        self
+    }
+
+    /// Encrypts the cookie ([`CookieProtection::Private`]) instead of only signing it.
+    pub fn with_protection(mut self, protection: CookieProtection) -> Self {
+        self.config().cookie.protection = protection;
+        self
+    }
+
+    /// The cookie's name (default `id`: generic, so it does not advertise the
+    /// stack). A `__Host-` or `__Secure-` prefix is honoured: its rules are
+    /// checked when the layer is applied.
+    pub fn with_cookie_name(mut self, name: impl Into<String>) -> Self {
+        self.config().cookie.name = name.into();
+        self
+    }
+
+    /// The cookie's `Path` (default `/`).
+    pub fn with_path(mut self, path: impl Into<String>) -> Self {
+        self.config().cookie.path = path.into();
+        self
+    }
+
+    /// The cookie's `Domain` (default none: the cookie goes to the origin host only).
+    pub fn with_domain(mut self, domain: impl Into<String>) -> Self {
+        self.config().cookie.domain = Some(domain.into());
+        self
+    }
+
+    /// Whether the cookie is `Secure` (default `true`). Turn it off only for
+    /// plain-HTTP development.
+    pub fn with_secure(mut self, secure: bool) -> Self {
+        self.config().cookie.secure = secure;
+        self
+    }
+
+    /// Whether the cookie is `HttpOnly` (default `true`).
+    pub fn with_http_only(mut self, http_only: bool) -> Self {
+        self.config().cookie.http_only = http_only;
+        self
+    }
+
+    /// The cookie's `SameSite` (default `Lax`). `None` requires `Secure`.
+    pub fn with_same_site(mut self, same_site: SameSite) -> Self {
+        self.config().cookie.same_site = same_site;
+        self
+    }
+
+    /// Whether the cookie persists across browser restarts (`Max-Age` set to the
+    /// session's remaining life, refreshed with it) rather than ending with the
+    /// browser session (the default).
+    pub fn with_persistent_cookie(mut self, persistent: bool) -> Self {
+        self.config().cookie.persistent = persistent;
+        self
+    }
+
+    /// How long a session may go unused (default 30 minutes). The refresh
+    /// interval becomes a quarter of it unless set afterwards.
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        let absolute = self.config.timeouts.absolute;
+        self.config().timeouts = Timeouts::new(idle, absolute);
+        self
+    }
+
+    /// How long a session may live however active it is (default 8 hours).
+    pub fn with_absolute_timeout(mut self, absolute: Duration) -> Self {
+        self.config().timeouts.absolute = absolute;
+        self
+    }
+
+    /// How much a request must gain before it pushes the idle deadline back
+    /// (default a quarter of the idle timeout). Read-only requests then write to
+    /// the store at most once per interval, at the price of an effective idle
+    /// timeout between `idle - interval` and `idle`.
+    pub fn with_idle_refresh_interval(mut self, interval: Duration) -> Self {
+        self.config().timeouts.refresh_interval = interval;
+        self
+    }
+
+    /// The longest a store call may take before the request is answered with
+    /// `503` (default 5 seconds).
+    pub fn with_store_timeout(mut self, timeout: Duration) -> Self {
+        self.config().store_timeout = timeout;
+        self
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+
+    /// # Panics
+    /// When the configuration contradicts itself: no keys, an invalid cookie
+    /// name, a `__Host-`/`__Secure-` cookie without `Secure` (or, for `__Host-`,
+    /// with a `Domain` or a `Path` other than `/`), `SameSite=None` without
+    /// `Secure`, or a zero timeout. Such a layer could only issue cookies that
+    /// browsers drop.
+    fn layer(&self, inner: S) -> Self::Service {
+        if let Err(problem) = self.config.cookie.validate() {
+            panic!("invalid SessionLayer configuration: {problem}");
+        }
+        let t = &self.config.timeouts;
+        assert!(
+            !t.idle.is_zero() && !t.absolute.is_zero() && !self.config.store_timeout.is_zero(),
+            "invalid SessionLayer configuration: timeouts must be greater than zero"
+        );
+        SessionService {
+            inner,
+            store: self.store.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service [`SessionLayer`] produces.
+#[derive(Clone, Debug)]
+pub struct SessionService<S> {
+    inner: S,
+    store: Arc<dyn SessionStore>,
+    config: Arc<Config>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let id = self.config.cookie.read(request.headers());
+        let lazy = LazySession::new(self.store.clone(), self.config.clone(), id);
+        request.extensions_mut().insert(lazy.clone());
+
+        // The clone that was driven to readiness is the one that must be called.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let mut response = inner.call(request).await?;
+            let Some(session) = lazy.loaded() else {
+                return Ok(response);
+            };
+            match session.commit().await {
+                Ok(None) => {}
+                Ok(Some(cookie)) => {
+                    let headers = response.headers_mut();
+                    headers.append(header::SET_COOKIE, cookie);
+                    // A response that sets a session cookie must never be cached
+                    // and replayed to someone else.
+                    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                }
+                Err(error) => return Ok(failed_save(&error)),
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The response that replaces the handler's when its changes were not saved:
+/// reporting success for a lost write would be a lie.
+fn failed_save<B: Default>(error: &CommitError) -> Response<B> {
+    let status = match error {
+        CommitError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+        CommitError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        CommitError::Gone => StatusCode::CONFLICT,
+    };
+    if status == StatusCode::CONFLICT {
+        tracing::warn!(%error, "session changes discarded");
+    } else {
+        tracing::error!(%error, "failed to save the session");
+    }
+    let mut response = Response::new(B::default());
+    *response.status_mut() = status;
+    response
+}

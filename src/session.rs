@@ -1,0 +1,464 @@
+//! The [`Session`] handle: typed access, delta tracking, and the save at the end of
+//! a request.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use http::HeaderValue;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::expiry::Expiry;
+use crate::id::{SessionId, StorageKey};
+use crate::store::{
+    ChangeSet, Data, Record, SaveOutcome, SessionStore, SessionSummary, StoreError, UserChange,
+};
+
+/// How many fresh IDs a new session tries before giving up. With 256-bit IDs a
+/// second try never happens in practice; the loop exists so that a store that
+/// reports a taken key is handled rather than overwritten.
+const CREATE_ATTEMPTS: usize = 3;
+
+/// The current request's session.
+///
+/// Take it as an extractor in any handler behind a
+/// [`SessionLayer`](crate::SessionLayer). The session is loaded when the extractor
+/// runs; after that `get`, `insert` and `remove` are plain in-memory operations.
+/// The layer records which keys the request set or removed and, once the
+/// response is ready, hands the store only those changes, so concurrent requests
+/// changing different keys do not overwrite each other.
+///
+/// Cloning is cheap; clones share one state. Changes made after the response
+/// has been produced are not saved.
+///
+/// # Examples
+/// ```
+/// use unstuck::Session;
+///
+/// async fn counter(session: Session) -> Result<String, unstuck::Error> {
+///     let n: u64 = session.get("count")?.unwrap_or(0) + 1;
+///     session.insert("count", n)?;
+///     Ok(n.to_string())
+/// }
+/// # let _ = counter;
+/// ```
+#[derive(Clone)]
+pub struct Session {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    store: Arc<dyn SessionStore>,
+    config: Arc<Config>,
+    state: Mutex<State>,
+}
+
+/// A session that exists in the store, as this request found it.
+#[derive(Clone)]
+struct Stored {
+    id: SessionId,
+    key: StorageKey,
+    created_at: SystemTime,
+    expires_at: SystemTime,
+}
+
+struct State {
+    /// `None` for a session that is not in the store (yet).
+    stored: Option<Stored>,
+    data: Data,
+    user: Option<String>,
+    /// What this request changed. Its expiry is filled in when saving.
+    changes: ChangeSet,
+    /// Move the session to a new ID when saving.
+    cycle: bool,
+    /// A session this request destroyed, to delete when saving.
+    ended: Option<StorageKey>,
+    /// Sessions of the user deleted during the request; this one among them.
+    committed: bool,
+}
+
+impl State {
+    fn new() -> Self {
+        Self {
+            stored: None,
+            data: Data::new(),
+            user: None,
+            changes: ChangeSet::new(SystemTime::UNIX_EPOCH),
+            cycle: false,
+            ended: None,
+            committed: false,
+        }
+    }
+
+    fn loaded(id: SessionId, key: StorageKey, record: Record) -> Self {
+        Self {
+            stored: Some(Stored {
+                id,
+                key,
+                created_at: record.created_at,
+                expires_at: record.expires_at,
+            }),
+            data: record.data,
+            user: record.user,
+            ..Self::new()
+        }
+    }
+
+    /// Forgets the session: what remains is a new, empty one.
+    fn end(&mut self) {
+        if let Some(stored) = self.stored.take() {
+            self.ended = Some(stored.key);
+        }
+        self.data.clear();
+        self.user = None;
+        self.changes = ChangeSet::new(SystemTime::UNIX_EPOCH);
+        self.cycle = false;
+    }
+}
+
+/// How saving a session failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CommitError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The request changed a session that another request ended meanwhile; the
+    /// changes were not saved (saves never resurrect a session).
+    #[error("the session ended before this request's changes could be saved")]
+    Gone,
+}
+
+impl Session {
+    fn new(store: Arc<dyn SessionStore>, config: Arc<Config>, state: State) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                config,
+                state: Mutex::new(state),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every mutation under this lock is a handful of map operations that
+        // leave the state consistent even if a panic interrupts the caller.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Loads the session the cookie points to, or starts a new one.
+    pub(crate) async fn load(
+        store: Arc<dyn SessionStore>,
+        config: Arc<Config>,
+        id: Option<SessionId>,
+    ) -> Result<Self, StoreError> {
+        let Some(id) = id else {
+            return Ok(Self::new(store, config, State::new()));
+        };
+        let key = id.storage_key();
+        let record = bounded(&config, store.load(&key)).await?;
+        let now = SystemTime::now();
+        let state = match record {
+            Some(record)
+                if record.expires_at > now
+                    && config.timeouts.absolute_deadline(record.created_at) > now =>
+            {
+                State::loaded(id, key, record)
+            }
+            _ => State::new(),
+        };
+        Ok(Self::new(store, config, state))
+    }
+
+    /// Reads `key` as a `T`.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] when the stored value does not decode as `T`; other keys
+    /// are unaffected.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        let state = self.state();
+        let Some(json) = state.data.get(key) else {
+            return Ok(None);
+        };
+        serde_json::from_str(json)
+            .map(Some)
+            .map_err(|source| Error::Decode {
+                key: key.to_owned(),
+                source,
+            })
+    }
+
+    /// Sets `key` to `value`. Only keys a request sets or removes are written back.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] when `value` cannot be serialized to JSON.
+    pub fn insert<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), Error> {
+        let json = serde_json::to_string(value).map_err(|source| Error::Encode {
+            key: key.to_owned(),
+            source,
+        })?;
+        let mut state = self.state();
+        if state.data.get(key) == Some(&json) {
+            return Ok(());
+        }
+        state.changes.insert(key, json.clone());
+        state.data.insert(key.to_owned(), json);
+        Ok(())
+    }
+
+    /// Removes `key`; returns whether it was present.
+    pub fn remove(&self, key: &str) -> bool {
+        let mut state = self.state();
+        let present = state.data.remove(key).is_some();
+        if present {
+            state.changes.remove(key);
+        }
+        present
+    }
+
+    /// Removes every key the session holds.
+    pub fn clear(&self) {
+        let mut state = self.state();
+        let keys: Vec<String> = state.data.drain().map(|(k, _)| k).collect();
+        for key in keys {
+            state.changes.remove(key);
+        }
+    }
+
+    /// The session's keys, in no particular order.
+    pub fn keys(&self) -> Vec<String> {
+        self.state().data.keys().cloned().collect()
+    }
+
+    /// True when the session holds no keys.
+    pub fn is_empty(&self) -> bool {
+        self.state().data.is_empty()
+    }
+
+    /// True when the session is not in the store: the request came without a
+    /// (live) session, or destroyed it. A new session is stored, and its cookie
+    /// sent, only once something is inserted or a user is set.
+    pub fn is_new(&self) -> bool {
+        self.state().stored.is_none()
+    }
+
+    /// Gives the session a new ID when the response is saved, keeping its data;
+    /// the old ID stops working. Call it at login, and whenever privileges change,
+    /// to defeat session fixation.
+    pub fn cycle_id(&self) {
+        let mut state = self.state();
+        if state.stored.is_some() {
+            state.cycle = true;
+        }
+    }
+
+    /// Ends the session: it is deleted from the store and the cookie removed when
+    /// the response is saved. The handle then holds a new, empty session, so a
+    /// value inserted afterwards (a "you have been logged out" notice, say) starts
+    /// a fresh session with a fresh ID.
+    pub fn destroy(&self) {
+        self.state().end();
+    }
+
+    /// Records the user this session belongs to, indexing it for
+    /// [`user_sessions`](Self::user_sessions) and
+    /// [`destroy_user_sessions`](Self::destroy_user_sessions). Pair it with
+    /// [`cycle_id`](Self::cycle_id) at login.
+    pub fn set_user(&self, user: impl Into<String>) {
+        let user = user.into();
+        let mut state = self.state();
+        if state.user.as_ref() != Some(&user) {
+            state.changes.set_user(UserChange::Set(user.clone()));
+            state.user = Some(user);
+        }
+    }
+
+    /// Detaches the session from its user.
+    pub fn clear_user(&self) {
+        let mut state = self.state();
+        if state.user.take().is_some() {
+            state.changes.set_user(UserChange::Clear);
+        }
+    }
+
+    /// The user this session belongs to, if any.
+    pub fn user(&self) -> Option<String> {
+        self.state().user.clone()
+    }
+
+    /// The session's lifetime, or `None` for a session not yet stored.
+    pub fn expiry(&self) -> Option<Expiry> {
+        let state = self.state();
+        let stored = state.stored.as_ref()?;
+        Some(Expiry {
+            created_at: stored.created_at,
+            expires_at: stored.expires_at,
+            absolute_deadline: self
+                .shared
+                .config
+                .timeouts
+                .absolute_deadline(stored.created_at),
+        })
+    }
+
+    /// The store key of this session (a hash of its ID), or `None` for a session
+    /// not yet stored. Compare it with [`SessionSummary::key`] to mark the
+    /// current session in a list of the user's sessions.
+    pub fn storage_key(&self) -> Option<StorageKey> {
+        self.state().stored.as_ref().map(|s| s.key.clone())
+    }
+
+    /// Lists the live sessions of this session's user (empty without a user).
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn user_sessions(&self) -> Result<Vec<SessionSummary>, Error> {
+        let Some(user) = self.user() else {
+            return Ok(Vec::new());
+        };
+        Ok(bounded(&self.shared.config, self.shared.store.user_sessions(&user)).await?)
+    }
+
+    /// Logs this session's user out everywhere: deletes every session of the
+    /// user, this one included, and removes this one's cookie. Returns how many
+    /// sessions were deleted (0 without a user).
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn destroy_user_sessions(&self) -> Result<u64, Error> {
+        let Some(user) = self.user() else {
+            return Ok(0);
+        };
+        let deleted = bounded(
+            &self.shared.config,
+            self.shared.store.delete_user_sessions(&user),
+        )
+        .await?;
+        self.destroy();
+        Ok(deleted)
+    }
+
+    /// Saves what the request changed. Returns the `Set-Cookie` value to send, if
+    /// any. Runs once, after the handler.
+    pub(crate) async fn commit(&self) -> Result<Option<HeaderValue>, CommitError> {
+        let config = &self.shared.config;
+        let store = &*self.shared.store;
+        let now = SystemTime::now();
+        let (stored, ended, mut changes, cycle, data, user) = {
+            let mut state = self.state();
+            if state.committed {
+                return Ok(None);
+            }
+            state.committed = true;
+            let data = if state.stored.is_none() {
+                std::mem::take(&mut state.data)
+            } else {
+                Data::new()
+            };
+            (
+                state.stored.clone(),
+                state.ended.take(),
+                std::mem::replace(&mut state.changes, ChangeSet::new(now)),
+                state.cycle,
+                data,
+                state.user.clone(),
+            )
+        };
+
+        let mut cookie = None;
+        if let Some(key) = ended {
+            bounded(config, store.delete(&key)).await?;
+            cookie = Some(config.cookie.removal());
+        }
+
+        let Some(stored) = stored else {
+            if data.is_empty() && user.is_none() {
+                return Ok(cookie);
+            }
+            let expires_at = config.timeouts.deadline(now, now);
+            let record = Record {
+                data,
+                user,
+                created_at: now,
+                expires_at,
+            };
+            for _ in 0..CREATE_ATTEMPTS {
+                let id = SessionId::generate();
+                if bounded(config, store.create(&id.storage_key(), &record)).await? {
+                    return Ok(Some(config.cookie.issue(&id, expires_at)));
+                }
+            }
+            return Err(StoreError::backend("no free session ID after several attempts").into());
+        };
+
+        let expires_at = config.timeouts.deadline(stored.created_at, now);
+        changes.set_expires_at(expires_at);
+        let persistent = config.cookie.persistent;
+        if cycle {
+            let id = SessionId::generate();
+            return match bounded(
+                config,
+                store.rotate(&stored.key, &id.storage_key(), &changes),
+            )
+            .await?
+            {
+                SaveOutcome::Applied => Ok(Some(config.cookie.issue(&id, expires_at))),
+                SaveOutcome::Gone => Err(CommitError::Gone),
+            };
+        }
+        if !changes.is_touch_only() {
+            return match bounded(config, store.save(&stored.key, &changes)).await? {
+                SaveOutcome::Applied => {
+                    Ok(persistent.then(|| config.cookie.issue(&stored.id, expires_at)))
+                }
+                SaveOutcome::Gone => Err(CommitError::Gone),
+            };
+        }
+        let Some(refreshed) = config
+            .timeouts
+            .refresh(stored.created_at, stored.expires_at, now)
+        else {
+            return Ok(cookie);
+        };
+        changes.set_expires_at(refreshed);
+        match bounded(config, store.save(&stored.key, &changes)).await? {
+            SaveOutcome::Applied => {
+                Ok(persistent.then(|| config.cookie.issue(&stored.id, refreshed)))
+            }
+            // Only the idle deadline was to move, and the session ended anyway:
+            // nothing the request did is lost.
+            SaveOutcome::Gone => Ok(None),
+        }
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state();
+        f.debug_struct("Session")
+            .field("new", &state.stored.is_none())
+            .field("keys", &state.data.len())
+            .field("user", &state.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs a store call under the layer's store timeout; running out counts as the
+/// store being unavailable, so a hung store answers 503 instead of hanging.
+pub(crate) async fn bounded<T>(
+    config: &Config,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(config.store_timeout, call).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::unavailable(format!(
+            "no answer within {:?}",
+            config.store_timeout
+        ))),
+    }
+}

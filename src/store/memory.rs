@@ -1,0 +1,273 @@
+//! [`MemoryStore`]: sessions in this process, for one instance and for tests.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use super::{ChangeSet, Record, SaveOutcome, SessionStore, SessionSummary, StoreError};
+use crate::id::StorageKey;
+
+/// How often, at most, a write sweeps out every expired session.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// Sessions kept in this process's memory: the embedded default.
+///
+/// It has the same semantics as the networked stores (deltas, no resurrection,
+/// expiry, user index), so code tested against it behaves the same on Redis or
+/// PostgreSQL. Its sessions die with the process and are not shared between
+/// instances: for more than one instance use a networked store.
+///
+/// Expired sessions are invisible at once and swept out by writes, at most every
+/// 30 seconds, so memory stays bounded by the sessions live in that window.
+/// Cloning is cheap and clones share the same sessions.
+///
+/// # Examples
+/// ```
+/// use unstuck::{MemoryStore, SessionLayer};
+///
+/// let layer = SessionLayer::new(MemoryStore::new());
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    sessions: HashMap<StorageKey, Record>,
+    users: HashMap<String, HashSet<StorageKey>>,
+    last_sweep: SystemTime,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            sessions: HashMap::new(),
+            users: HashMap::new(),
+            last_sweep: SystemTime::now(),
+        }
+    }
+}
+
+impl MemoryStore {
+    /// Creates an empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Removes every expired session now, and returns how many there were.
+    pub fn purge_expired(&self) -> usize {
+        self.lock().sweep(SystemTime::now())
+    }
+
+    /// The number of sessions held, counting expired ones not yet swept out.
+    pub fn len(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    /// True when no session is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied change set
+        // (each write is a few infallible map operations), so poisoning is safe
+        // to ignore.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Locks for a write, sweeping expired sessions when one is due.
+    fn lock_for_write(&self, now: SystemTime) -> MutexGuard<'_, Inner> {
+        let mut inner = self.lock();
+        if now
+            .duration_since(inner.last_sweep)
+            .is_ok_and(|elapsed| elapsed >= SWEEP_EVERY)
+        {
+            inner.sweep(now);
+        }
+        inner
+    }
+}
+
+impl Inner {
+    fn live(&self, key: &StorageKey, now: SystemTime) -> Option<&Record> {
+        self.sessions.get(key).filter(|r| r.expires_at > now)
+    }
+
+    fn live_mut(&mut self, key: &StorageKey, now: SystemTime) -> Option<&mut Record> {
+        self.sessions.get_mut(key).filter(|r| r.expires_at > now)
+    }
+
+    fn sweep(&mut self, now: SystemTime) -> usize {
+        self.last_sweep = now;
+        let expired: Vec<StorageKey> = self
+            .sessions
+            .iter()
+            .filter(|(_, r)| r.expires_at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &expired {
+            self.remove(key);
+        }
+        expired.len()
+    }
+
+    /// Removes a record (live or not) and its index entry; returns it.
+    fn remove(&mut self, key: &StorageKey) -> Option<Record> {
+        let record = self.sessions.remove(key)?;
+        if let Some(user) = &record.user {
+            self.unindex(user, key);
+        }
+        Some(record)
+    }
+
+    fn index(&mut self, user: &str, key: &StorageKey) {
+        self.users
+            .entry(user.to_owned())
+            .or_default()
+            .insert(key.clone());
+    }
+
+    fn unindex(&mut self, user: &str, key: &StorageKey) {
+        if let Some(keys) = self.users.get_mut(user) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.users.remove(user);
+            }
+        }
+    }
+
+    /// Applies a change set to the record at `key`, keeping the index in step.
+    fn apply(&mut self, key: &StorageKey, changes: &ChangeSet) {
+        let Some(record) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let before = record.user.clone();
+        changes.apply_to(record);
+        let after = record.user.clone();
+        if before != after {
+            if let Some(user) = before {
+                self.unindex(&user, key);
+            }
+            if let Some(user) = after {
+                self.index(&user, key);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn load(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
+        Ok(self.lock().live(key, SystemTime::now()).cloned())
+    }
+
+    async fn create(&self, key: &StorageKey, record: &Record) -> Result<bool, StoreError> {
+        let now = SystemTime::now();
+        let mut inner = self.lock_for_write(now);
+        if inner.live(key, now).is_some() {
+            return Ok(false);
+        }
+        inner.remove(key);
+        if record.expires_at <= now {
+            // Born expired: nothing to keep, but the caller did nothing wrong.
+            return Ok(true);
+        }
+        if let Some(user) = &record.user {
+            inner.index(user, key);
+        }
+        inner.sessions.insert(key.clone(), record.clone());
+        Ok(true)
+    }
+
+    async fn save(&self, key: &StorageKey, changes: &ChangeSet) -> Result<SaveOutcome, StoreError> {
+        let now = SystemTime::now();
+        let mut inner = self.lock_for_write(now);
+        if inner.live_mut(key, now).is_none() {
+            return Ok(SaveOutcome::Gone);
+        }
+        inner.apply(key, changes);
+        if changes.expires_at() <= now {
+            inner.remove(key);
+        }
+        Ok(SaveOutcome::Applied)
+    }
+
+    async fn rotate(
+        &self,
+        from: &StorageKey,
+        to: &StorageKey,
+        changes: &ChangeSet,
+    ) -> Result<SaveOutcome, StoreError> {
+        let now = SystemTime::now();
+        let mut inner = self.lock_for_write(now);
+        if inner.live(from, now).is_none() {
+            return Ok(SaveOutcome::Gone);
+        }
+        if inner.live(to, now).is_some() {
+            return Err(StoreError::backend("rotation target key is already taken"));
+        }
+        inner.remove(to);
+        let Some(record) = inner.remove(from) else {
+            return Ok(SaveOutcome::Gone);
+        };
+        if let Some(user) = &record.user {
+            inner.index(user, to);
+        }
+        inner.sessions.insert(to.clone(), record);
+        inner.apply(to, changes);
+        if changes.expires_at() <= now {
+            inner.remove(to);
+        }
+        Ok(SaveOutcome::Applied)
+    }
+
+    async fn delete(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        let now = SystemTime::now();
+        let mut inner = self.lock_for_write(now);
+        Ok(inner.remove(key).is_some_and(|r| r.expires_at > now))
+    }
+
+    async fn user_sessions(&self, user: &str) -> Result<Vec<SessionSummary>, StoreError> {
+        let now = SystemTime::now();
+        let inner = self.lock();
+        let Some(keys) = inner.users.get(user) else {
+            return Ok(Vec::new());
+        };
+        let mut sessions: Vec<SessionSummary> = keys
+            .iter()
+            .filter_map(|key| {
+                inner.live(key, now).map(|r| SessionSummary {
+                    key: key.clone(),
+                    created_at: r.created_at,
+                    expires_at: r.expires_at,
+                })
+            })
+            .collect();
+        sessions.sort_by_key(|s| s.created_at);
+        Ok(sessions)
+    }
+
+    async fn delete_user_sessions(&self, user: &str) -> Result<u64, StoreError> {
+        let now = SystemTime::now();
+        let mut inner = self.lock_for_write(now);
+        let keys: Vec<StorageKey> = inner
+            .users
+            .get(user)
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut deleted = 0;
+        for key in keys {
+            if inner.remove(&key).is_some_and(|r| r.expires_at > now) {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+}
