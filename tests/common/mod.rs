@@ -3,3 +3,5 @@
 #![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod conformance;
+pub mod demo;
+pub mod demo_contract;

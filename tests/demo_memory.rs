@@ -1,0 +1,29 @@
+//! The demo server contract on the memory store, black-box over HTTP.
+
+mod common;
+
+use common::demo::run_to_exit;
+
+common::demo_contract::demo_contract!("memory".to_owned());
+
+#[test]
+fn bad_configuration_is_a_clear_startup_error() {
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (&[("UNSTUCK_SECRET", "short")], "at least 32 bytes"),
+        (
+            &[("UNSTUCK_STORE", "mongodb://x")],
+            "not a store this demo knows",
+        ),
+        (&[("UNSTUCK_IDLE_SECS", "soon")], "UNSTUCK_IDLE_SECS"),
+        (
+            &[("UNSTUCK_COOKIE_SECURE", "maybe")],
+            "UNSTUCK_COOKIE_SECURE",
+        ),
+        (&[("UNSTUCK_LISTEN", "not an address")], "cannot listen"),
+    ];
+    for (env, message) in cases {
+        let (status, stderr) = run_to_exit(env);
+        assert_eq!(status.code(), Some(2), "{env:?}: {stderr}");
+        assert!(stderr.contains(message), "{env:?}: {stderr}");
+    }
+}
