@@ -40,7 +40,10 @@ impl Demo {
             .env("UNSTUCK_LISTEN", "127.0.0.1:0")
             .env("UNSTUCK_COOKIE_SECURE", "0")
             .env("RUST_LOG", "warn")
-            .env("UNSTUCK_SECRET", "a test secret that is long enough for a key")
+            .env(
+                "UNSTUCK_SECRET",
+                "a test secret that is long enough for a key",
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (name, value) in env {

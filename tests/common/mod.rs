@@ -5,3 +5,4 @@
 pub mod conformance;
 pub mod demo;
 pub mod demo_contract;
+pub mod instrumented;
