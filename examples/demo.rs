@@ -61,7 +61,7 @@ async fn health(State(me): State<Instance>) -> Response {
 
 async fn counter(State(me): State<Instance>, session: Session) -> Reply {
     let count: u64 = session.get("count")?.unwrap_or(0) + 1;
-    session.insert("count", &count)?;
+    session.insert("count", count)?;
     Ok(me.ok(json!({"count": count})))
 }
 

@@ -12,7 +12,7 @@ use unstuck::{MemoryStore, Session, SessionLayer};
 
 async fn count(session: Session) -> Result<String, unstuck::Error> {
     let n: u64 = session.get("count")?.unwrap_or(0) + 1;
-    session.insert("count", &n)?;
+    session.insert("count", n)?;
     Ok(format!("{n}\n"))
 }
 

@@ -79,3 +79,8 @@ pub use crate::store::{
     UserChange,
 };
 pub use ::cookie::SameSite;
+
+/// Compiles the README's Rust examples, so the front page cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -77,7 +77,7 @@ struct State {
     cycle: bool,
     /// A session this request destroyed, to delete when saving.
     ended: Option<StorageKey>,
-    /// Sessions of the user deleted during the request; this one among them.
+    /// Set once the layer has saved the request's changes.
     committed: bool,
 }
 
@@ -193,12 +193,14 @@ impl Session {
             })
     }
 
-    /// Sets `key` to `value`. Only keys a request sets or removes are written back.
+    /// Sets `key` to `value` (anything serde can serialize, by value or by
+    /// reference). Only keys a request sets or removes are written back; setting a
+    /// key to the value it already holds writes nothing.
     ///
     /// # Errors
     /// [`Error::Encode`] when `value` cannot be serialized to JSON.
-    pub fn insert<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), Error> {
-        let json = serde_json::to_string(value).map_err(|source| Error::Encode {
+    pub fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), Error> {
+        let json = serde_json::to_string(&value).map_err(|source| Error::Encode {
             key: key.to_owned(),
             source,
         })?;

@@ -22,7 +22,7 @@ async fn read(session: Session) -> Result<String, unstuck::Error> {
 
 async fn write(session: Session) -> Result<String, unstuck::Error> {
     let n: u64 = session.get("n")?.unwrap_or(0) + 1;
-    session.insert("n", &n)?;
+    session.insert("n", n)?;
     Ok(n.to_string())
 }
 
@@ -39,7 +39,7 @@ fn router(layer: SessionLayer) -> Router {
             "/poison",
             get(|session: Session| async move {
                 session.insert("n", "not a number")?;
-                session.insert("other", &7)?;
+                session.insert("other", 7)?;
                 Ok::<_, unstuck::Error>("poisoned")
             }),
         )
