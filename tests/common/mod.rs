@@ -3,3 +3,5 @@
 #![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod conformance;
+#[cfg(feature = "redis")]
+pub mod redis_server;
