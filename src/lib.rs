@@ -74,6 +74,8 @@ pub use crate::id::{SessionId, StorageKey};
 pub use crate::key::{Key, KeyError, MIN_SECRET_LEN};
 pub use crate::layer::{SessionLayer, SessionService};
 pub use crate::session::Session;
+#[cfg(feature = "redis")]
+pub use crate::store::RedisStore;
 pub use crate::store::{
     ChangeSet, MemoryStore, Record, SaveOutcome, SessionStore, SessionSummary, StoreError,
     UserChange,

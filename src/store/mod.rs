@@ -5,6 +5,8 @@
 //! different keys both persist. Stores never recreate a session that is gone.
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -14,6 +16,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 pub use self::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use self::redis::RedisStore;
 use crate::id::StorageKey;
 
 /// A boxed error from a store's backend, kept as the `source` of a [`StoreError`].

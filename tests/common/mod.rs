@@ -1,8 +1,10 @@
-//! Shared test support: the store conformance suite and helpers to reach (or
-//! start) real servers.
+//! Shared test support: the store conformance suite, the demo contract suite,
+//! and helpers to reach (or start) real servers.
 #![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod conformance;
 pub mod demo;
 pub mod demo_contract;
 pub mod instrumented;
+#[cfg(feature = "redis")]
+pub mod redis_server;

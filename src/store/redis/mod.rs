@@ -1,0 +1,988 @@
+//! [`RedisStore`]: sessions in Redis (standalone, Sentinel or Cluster).
+
+mod scripts;
+mod url;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use deadpool_redis::redis::aio::ConnectionLike;
+use deadpool_redis::redis::{
+    self, AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture,
+    Script, ServerErrorKind, Value,
+};
+use deadpool_redis::{Runtime, cluster, sentinel};
+use sha2::{Digest, Sha256};
+
+use super::{ChangeSet, Record, SaveOutcome, SessionStore, SessionSummary, StoreError, UserChange};
+use crate::id::StorageKey;
+
+/// The longest one store call may take by default, connection included.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long opening a connection to one node may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one reply may take, `WAIT` excluded.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The key prefix unless [`RedisStore::with_prefix`] says otherwise.
+const DEFAULT_PREFIX: &str = "unstuck:";
+
+const CREATED: &str = "m:created";
+const EXPIRES: &str = "m:expires";
+const USER: &str = "m:user";
+const DATA: &str = "d:";
+
+/// Applies the store's connection timeouts to a deadpool builder (a macro: the
+/// three pool types share no nameable trait without a direct `deadpool` dependency).
+macro_rules! bounded_pool {
+    ($builder:expr) => {
+        $builder
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(RESPONSE_TIMEOUT))
+            .build()
+            .map_err(StoreError::backend)
+    };
+}
+/// Sessions in Redis, shared by every instance of an application: standalone,
+/// Sentinel or Cluster, through [deadpool-redis] pools.
+///
+/// # Layout
+/// Each session is one hash at `{prefix}{<storage key>}` (default prefix
+/// `unstuck:`). The braces are a Cluster hash tag; the storage key is the
+/// SHA-256 of the session ID, so a dump of Redis holds no usable cookie. Values
+/// live in fields `d:<key>` as JSON text, beside `m:created`, `m:expires` (ms
+/// since the Unix epoch) and `m:user`. Redis itself expires the hash
+/// (`PEXPIREAT`), so no sweeper is needed.
+///
+/// Every write is one Lua script on one key, run with `EVALSHA` (reloaded after a
+/// `NOSCRIPT`): creation refuses a taken key, a save applies only the request's
+/// delta and refuses a key that is gone, so a late request cannot resurrect a
+/// session after logout or expiry.
+///
+/// Sessions with a user are also listed in a sorted set per user at
+/// `{prefix}user:{<SHA-256 of the user>}`, scored by expiry. Expired entries are
+/// trimmed on every index write and the index key's own TTL follows its latest
+/// entry, so the index cannot outgrow the sessions it lists. On Cluster the index
+/// and the session live on different slots and are written by separate commands:
+/// listings check every entry against the session itself and skip stale ones.
+///
+/// # From one Redis to Sentinel to Cluster
+/// - **Standalone** (`redis://host:port/db`): simplest; if that Redis dies, every
+///   store call fails fast with [`StoreError::Unavailable`] (handlers that need a
+///   session answer `503`) until it is back. Sessions survive a restart only if
+///   Redis persists them (RDB/AOF).
+/// - **Sentinel** (`redis+sentinel://s1:26379,s2:26379/mymaster`): a primary with
+///   replicas, watched by sentinels that promote a replica when the primary
+///   fails; the pool asks the sentinels for the current primary when it
+///   reconnects. Connections that see the failure are dropped from the pool at
+///   once. After a *manual* failover (`SENTINEL FAILOVER`), a connection to the
+///   old primary keeps working until that node is demoted (about 10 s); its
+///   writes in that window are lost, and writes it attempts afterwards fail with
+///   `READONLY`, which drops the connection.
+/// - **Cluster** (`redis+cluster://n1:7000,n2:7001`): sessions spread over
+///   shards by hash slot; each shard fails over like Sentinel.
+///
+/// # What a failover can lose, and how to bound it
+/// Redis replicates asynchronously: a write acknowledged by a primary that dies
+/// before its replicas copied it is gone after the promotion. For sessions that
+/// means a value set just before the crash disappears, a login can be undone, or
+/// (worse) a logout or "log out everywhere" can be undone.
+/// [`with_replica_acks`](Self::with_replica_acks) makes every session write wait
+/// (`WAIT`) until that many replicas have it, and report an error when they do
+/// not in time: a write that succeeded then survives the loss of the primary,
+/// at the cost of one replication round trip per write. It is not a consensus
+/// protocol: a write that timed out may still have been applied, and a
+/// network partition can still lose writes acknowledged by a primary that is on
+/// the minority side.
+///
+/// # Timeouts
+/// Every store call is bounded (default 2 s, see
+/// [`with_timeout`](Self::with_timeout)); connecting to a node is bounded at 1 s
+/// and each reply at 1 s, so a dead or hung Redis gives
+/// [`StoreError::Unavailable`] quickly instead of a hung request. Connection,
+/// I/O, timeout, failover (`READONLY`, `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN`,
+/// `LOADING`) and pool errors are `Unavailable`; other server error replies are
+/// [`StoreError::Backend`].
+///
+/// # Examples
+/// ```no_run
+/// use unstuck::{RedisStore, SessionLayer};
+///
+/// # async fn run() -> Result<(), unstuck::StoreError> {
+/// let store = RedisStore::connect("redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/sessions")
+///     .await?
+///     .with_replica_acks(1, std::time::Duration::from_millis(100));
+/// let layer = SessionLayer::new(store);
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// [deadpool-redis]: https://docs.rs/deadpool-redis
+#[derive(Clone)]
+pub struct RedisStore {
+    backend: Backend,
+    prefix: Arc<str>,
+    timeout: Duration,
+    replica_acks: Option<ReplicaAcks>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Standalone(deadpool_redis::Pool),
+    Sentinel(sentinel::Pool),
+    Cluster(cluster::Pool),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ReplicaAcks {
+    replicas: u32,
+    timeout: Duration,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = match self.backend {
+            Backend::Standalone(_) => "standalone",
+            Backend::Sentinel(_) => "sentinel",
+            Backend::Cluster(_) => "cluster",
+        };
+        f.debug_struct("RedisStore")
+            .field("mode", &mode)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("replica_acks", &self.replica_acks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to Redis and checks that it answers.
+    ///
+    /// The URL picks the deployment:
+    /// - `redis://[user:password@]host:port[/db]` (or `rediss://`): one server;
+    /// - `redis+sentinel://host:port,host:port/MASTER_NAME[/db]`: the sentinels'
+    ///   addresses and the name of the monitored primary;
+    /// - `redis+cluster://host:port,host:port`: seed nodes of a Cluster.
+    ///
+    /// Sentinel and Cluster URLs take no credentials or TLS options: for those,
+    /// build a pool and use [`from_sentinel_pool`](Self::from_sentinel_pool) or
+    /// [`from_cluster_pool`](Self::from_cluster_pool).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] for a malformed URL (the message never repeats
+    /// it); [`StoreError::Unavailable`] if Redis cannot be reached within the
+    /// timeout.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let store = match url::parse(url).map_err(StoreError::backend)? {
+            url::Target::Standalone(url) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT));
+                let manager = deadpool_redis::Manager::new_with_config(url.as_str(), config)
+                    .map_err(map_redis_error)?;
+                let pool = deadpool_redis::Pool::builder(manager);
+                Self::from_pool(bounded_pool!(pool)?)
+            }
+            url::Target::Sentinel {
+                sentinels,
+                master_name,
+                db,
+            } => {
+                let mut config = sentinel::Config::from_urls(
+                    sentinels,
+                    master_name,
+                    sentinel::SentinelServerType::Master,
+                );
+                if db != 0 {
+                    config.node_connection_info = Some(sentinel::SentinelNodeConnectionInfo {
+                        tls_mode: None,
+                        redis_connection_info: Some(deadpool_redis::RedisConnectionInfo {
+                            db,
+                            ..Default::default()
+                        }),
+                    });
+                }
+                let pool = config.builder().map_err(StoreError::backend)?;
+                Self::from_sentinel_pool(bounded_pool!(pool)?)
+            }
+            url::Target::Cluster { nodes } => {
+                let pool = cluster::Config::from_urls(nodes)
+                    .builder()
+                    .map_err(StoreError::backend)?;
+                Self::from_cluster_pool(bounded_pool!(pool)?)
+            }
+        };
+        store
+            .bounded(0, async {
+                let mut conn = store.conn().await?;
+                conn.query::<String>(&redis::cmd("PING")).await
+            })
+            .await?;
+        Ok(store)
+    }
+
+    /// A store on a standalone Redis pool you built (for TLS, credentials, pool
+    /// sizing). Connects lazily: nothing is checked until the first call.
+    ///
+    /// Give the pool's connections a response timeout
+    /// ([`Manager::new_with_config`](deadpool_redis::Manager::new_with_config))
+    /// and the pool wait/create timeouts, or a dead Redis is only caught by the
+    /// store's own [`with_timeout`](Self::with_timeout).
+    pub fn from_pool(pool: deadpool_redis::Pool) -> Self {
+        Self::new(Backend::Standalone(pool))
+    }
+
+    /// A store on a Sentinel pool you built ([`deadpool_redis::sentinel`]). The
+    /// pool asks the sentinels for the current primary whenever it opens a
+    /// connection, so it follows failovers. Connects lazily.
+    pub fn from_sentinel_pool(pool: sentinel::Pool) -> Self {
+        Self::new(Backend::Sentinel(pool))
+    }
+
+    /// A store on a Cluster pool you built ([`deadpool_redis::cluster`]).
+    /// Connects lazily.
+    pub fn from_cluster_pool(pool: cluster::Pool) -> Self {
+        Self::new(Backend::Cluster(pool))
+    }
+
+    fn new(backend: Backend) -> Self {
+        Self {
+            backend,
+            prefix: DEFAULT_PREFIX.into(),
+            timeout: DEFAULT_TIMEOUT,
+            replica_acks: None,
+        }
+    }
+
+    /// Prefixes every key the store writes (default `unstuck:`), so several
+    /// applications can share one Redis. Instances sharing sessions must use the
+    /// same prefix.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into().into();
+        self
+    }
+
+    /// Bounds every store call, from taking a connection to the last reply
+    /// (default 2 s). A call that runs out of time fails with
+    /// [`StoreError::Unavailable`]. [`with_replica_acks`](Self::with_replica_acks)
+    /// adds its own timeout on top for each write that waits.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Makes every session write wait until at least `replicas` replicas have
+    /// it (Redis `WAIT replicas timeout`), so writes reported as done survive a
+    /// failover to one of those replicas.
+    ///
+    /// A write that does not reach enough replicas within `timeout` fails with
+    /// [`StoreError::Backend`] saying so; it may still have been applied on the
+    /// primary (and be lost if it fails over). Each write costs one replication
+    /// round trip more; with no replica reachable every write fails, which trades
+    /// availability for durability: choose `replicas` below the number of
+    /// replicas you run. Index updates for "log out everywhere" do not wait.
+    ///
+    /// On Sentinel the pool's connections keep redis-rs's default reply timeout
+    /// (0.5 s); the store raises it on each connection it uses to cover `timeout`.
+    pub fn with_replica_acks(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replica_acks = (replicas > 0).then_some(ReplicaAcks { replicas, timeout });
+        self
+    }
+
+    fn session_key(&self, key: &StorageKey) -> String {
+        format!("{}{{{}}}", self.prefix, key.as_str())
+    }
+
+    /// The index key carries a hash of the user, not the name: user names can be
+    /// personal data (e-mail addresses), key names are shown by every tool.
+    fn index_key(&self, user: &str) -> String {
+        let hash = URL_SAFE_NO_PAD.encode(Sha256::digest(user.as_bytes()));
+        format!("{}user:{{{hash}}}", self.prefix)
+    }
+
+    /// Runs `op` within the store's time budget, widened by one replica-ack
+    /// timeout per `WAIT` the call may make.
+    async fn bounded<T>(
+        &self,
+        waits: u32,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let budget = self.timeout
+            + self
+                .replica_acks
+                .map_or(Duration::ZERO, |acks| acks.timeout * waits);
+        match tokio::time::timeout(budget, op).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(?budget, "redis session store call timed out");
+                Err(StoreError::unavailable(TimedOut(budget)))
+            }
+        }
+    }
+
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        let inner = match &self.backend {
+            Backend::Standalone(pool) => {
+                Inner::Standalone(pool.get().await.map_err(map_pool_error)?)
+            }
+            Backend::Sentinel(pool) => Inner::Sentinel(pool.get().await.map_err(map_pool_error)?),
+            Backend::Cluster(pool) => Inner::Cluster(pool.get().await.map_err(map_pool_error)?),
+        };
+        let mut conn = Conn {
+            inner: Some(inner),
+            suspect: false,
+        };
+        if let Some(acks) = self.replica_acks {
+            conn.widen_response_timeout(RESPONSE_TIMEOUT + acks.timeout);
+        }
+        Ok(conn)
+    }
+
+    /// Runs a script on one key; for a `durable` write, `WAIT`s for the replica
+    /// acks in the same pipeline (so on Cluster it reaches the node that took the
+    /// write) and fails if too few replicas confirmed.
+    async fn eval<T: FromRedisValue>(
+        &self,
+        conn: &mut Conn,
+        script: &Script,
+        key: &str,
+        args: impl FnOnce(&mut Cmd),
+        durable: bool,
+    ) -> Result<T, StoreError> {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.get_hash()).arg(1).arg(key);
+        args(&mut cmd);
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd);
+        let acks = self.replica_acks.filter(|_| durable);
+        if let Some(acks) = acks {
+            pipe.cmd("WAIT")
+                .arg(acks.replicas)
+                .arg(u64::try_from(acks.timeout.as_millis()).unwrap_or(u64::MAX));
+        }
+        let values = match conn.pipeline(&pipe).await {
+            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                conn.load(script).await.map_err(map_redis_error)?;
+                conn.pipeline(&pipe).await
+            }
+            other => other,
+        }
+        .map_err(map_redis_error)?;
+        let mut values = values.into_iter();
+        let result = values
+            .next()
+            .ok_or_else(|| StoreError::backend("empty reply to a script call"))?;
+        if let Some(acks) = acks {
+            let acked: u32 = values
+                .next()
+                .map(redis::from_redis_value)
+                .transpose()
+                .map_err(StoreError::backend)?
+                .unwrap_or(0);
+            if acked < acks.replicas {
+                tracing::warn!(
+                    acked,
+                    wanted = acks.replicas,
+                    "redis session write not acknowledged by enough replicas"
+                );
+                return Err(StoreError::backend(NotReplicated {
+                    acked,
+                    wanted: acks.replicas,
+                    timeout: acks.timeout,
+                }));
+            }
+        }
+        redis::from_redis_value(result).map_err(StoreError::backend)
+    }
+
+    async fn index_add(
+        &self,
+        conn: &mut Conn,
+        user: &str,
+        key: &StorageKey,
+        expires_at: SystemTime,
+    ) -> Result<(), StoreError> {
+        let now = millis(SystemTime::now());
+        self.eval::<i64>(
+            conn,
+            &scripts::INDEX_ADD,
+            &self.index_key(user),
+            |cmd| {
+                cmd.arg(now).arg(millis(expires_at)).arg(key.as_str());
+            },
+            false,
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn index_remove(
+        &self,
+        conn: &mut Conn,
+        user: &str,
+        keys: &[&StorageKey],
+    ) -> Result<(), StoreError> {
+        let now = millis(SystemTime::now());
+        self.eval::<i64>(
+            conn,
+            &scripts::INDEX_REMOVE,
+            &self.index_key(user),
+            |cmd| {
+                cmd.arg(now);
+                for key in keys {
+                    cmd.arg(key.as_str());
+                }
+            },
+            false,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The storage keys the index lists for `user`, after trimming expired ones.
+    /// Entries may be stale (see the type docs): callers check each session.
+    async fn indexed(&self, conn: &mut Conn, user: &str) -> Result<Vec<StorageKey>, StoreError> {
+        let index = self.index_key(user);
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(&index)
+            .arg("-inf")
+            .arg(millis(SystemTime::now()))
+            .ignore()
+            .cmd("ZRANGE")
+            .arg(&index)
+            .arg(0)
+            .arg(-1);
+        let (members,): (Vec<String>,) = conn.pipeline_typed(&pipe).await?;
+        Ok(members
+            .iter()
+            .filter_map(|member| StorageKey::parse(member))
+            .collect())
+    }
+
+    async fn create_record(
+        &self,
+        conn: &mut Conn,
+        key: &StorageKey,
+        record: &Record,
+    ) -> Result<bool, StoreError> {
+        let created: i64 = self
+            .eval(
+                conn,
+                &scripts::CREATE,
+                &self.session_key(key),
+                |cmd| {
+                    cmd.arg(millis(record.expires_at));
+                    cmd.arg(CREATED).arg(millis(record.created_at));
+                    cmd.arg(EXPIRES).arg(millis(record.expires_at));
+                    if let Some(user) = &record.user {
+                        cmd.arg(USER).arg(user);
+                    }
+                    for (name, json) in &record.data {
+                        cmd.arg(format!("{DATA}{name}")).arg(json);
+                    }
+                },
+                true,
+            )
+            .await?;
+        Ok(created == 1)
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn load(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
+        let fields: HashMap<String, String> = self
+            .bounded(0, async {
+                let mut conn = self.conn().await?;
+                conn.query(redis::cmd("HGETALL").arg(self.session_key(key)))
+                    .await
+            })
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let record = decode(fields)?;
+        // Redis expires the key on its own clock; this guards against a server
+        // clock that lags ours.
+        Ok((record.expires_at > SystemTime::now()).then_some(record))
+    }
+
+    async fn create(&self, key: &StorageKey, record: &Record) -> Result<bool, StoreError> {
+        self.bounded(1, async {
+            let mut conn = self.conn().await?;
+            // Index first: if the session write then fails, the index holds a
+            // stale entry (skipped by listings) rather than missing a live
+            // session that "log out everywhere" would then not find.
+            if let Some(user) = &record.user {
+                self.index_add(&mut conn, user, key, record.expires_at)
+                    .await?;
+            }
+            self.create_record(&mut conn, key, record).await
+        })
+        .await
+    }
+
+    async fn save(&self, key: &StorageKey, changes: &ChangeSet) -> Result<SaveOutcome, StoreError> {
+        self.bounded(1, async {
+            let mut conn = self.conn().await?;
+            if let UserChange::Set(user) = changes.user() {
+                self.index_add(&mut conn, user, key, changes.expires_at())
+                    .await?;
+            }
+            let (applied, previous, current): (i64, Option<String>, Option<String>) = self
+                .eval(
+                    &mut conn,
+                    &scripts::SAVE,
+                    &self.session_key(key),
+                    |cmd| {
+                        cmd.arg(millis(changes.expires_at()));
+                        match changes.user() {
+                            UserChange::Keep => cmd.arg("k").arg(""),
+                            UserChange::Set(user) => cmd.arg("s").arg(user),
+                            UserChange::Clear => cmd.arg("c").arg(""),
+                        };
+                        cmd.arg(changes.removed().len());
+                        for name in changes.removed() {
+                            cmd.arg(format!("{DATA}{name}"));
+                        }
+                        for (name, json) in changes.inserted() {
+                            cmd.arg(format!("{DATA}{name}")).arg(json);
+                        }
+                    },
+                    true,
+                )
+                .await?;
+            if applied == 0 {
+                if let UserChange::Set(user) = changes.user() {
+                    self.index_remove(&mut conn, user, &[key]).await?;
+                }
+                return Ok(SaveOutcome::Gone);
+            }
+            if let Some(previous) = previous
+                .as_deref()
+                .filter(|p| Some(*p) != current.as_deref())
+            {
+                self.index_remove(&mut conn, previous, &[key]).await?;
+            }
+            if let (UserChange::Keep, Some(current)) = (changes.user(), &current) {
+                // Keeps the entry's score (and the index's TTL) in step with the
+                // session's new expiry.
+                self.index_add(&mut conn, current, key, changes.expires_at())
+                    .await?;
+            }
+            Ok(SaveOutcome::Applied)
+        })
+        .await
+    }
+
+    /// Rotation works on Cluster, where `from` and `to` usually live on
+    /// different nodes: a script atomically takes (reads and deletes) the old
+    /// session, then the new one is created with the changes applied. Between
+    /// the two steps the session exists under neither key, so a concurrent
+    /// request on the old ID sees it gone (as it would after the rotation), and
+    /// if Redis or this process fails right there the session is lost: the user
+    /// logs in again. It is never left readable under the old ID.
+    async fn rotate(
+        &self,
+        from: &StorageKey,
+        to: &StorageKey,
+        changes: &ChangeSet,
+    ) -> Result<SaveOutcome, StoreError> {
+        self.bounded(3, async {
+            let mut conn = self.conn().await?;
+            let taken: i64 = conn
+                .query(redis::cmd("EXISTS").arg(self.session_key(to)))
+                .await?;
+            if taken == 1 {
+                return Err(StoreError::backend("rotation target key is already taken"));
+            }
+            let fields: HashMap<String, String> = self
+                .eval(
+                    &mut conn,
+                    &scripts::TAKE,
+                    &self.session_key(from),
+                    |_| {},
+                    true,
+                )
+                .await?;
+            if fields.is_empty() {
+                return Ok(SaveOutcome::Gone);
+            }
+            let original = decode(fields)?;
+            let mut record = original.clone();
+            changes.apply_to(&mut record);
+            if let Some(user) = &record.user {
+                self.index_add(&mut conn, user, to, record.expires_at)
+                    .await?;
+            }
+            if !self.create_record(&mut conn, to, &record).await? {
+                // Only a racing create of the same fresh key gets here: put the
+                // session back rather than lose it.
+                self.create_record(&mut conn, from, &original).await?;
+                return Err(StoreError::backend("rotation target key is already taken"));
+            }
+            if let Some(user) = &original.user {
+                self.index_remove(&mut conn, user, &[from]).await?;
+            }
+            Ok(SaveOutcome::Applied)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        self.bounded(1, async {
+            let mut conn = self.conn().await?;
+            let (deleted, user): (i64, Option<String>) = self
+                .eval(
+                    &mut conn,
+                    &scripts::DELETE,
+                    &self.session_key(key),
+                    |cmd| {
+                        cmd.arg("a").arg("");
+                    },
+                    true,
+                )
+                .await?;
+            if let (1, Some(user)) = (deleted, &user) {
+                self.index_remove(&mut conn, user, &[key]).await?;
+            }
+            Ok(deleted == 1)
+        })
+        .await
+    }
+
+    async fn user_sessions(&self, user: &str) -> Result<Vec<SessionSummary>, StoreError> {
+        let mut sessions = self
+            .bounded(0, async {
+                let mut conn = self.conn().await?;
+                let keys = self.indexed(&mut conn, user).await?;
+                let cmds = keys
+                    .iter()
+                    .map(|key| {
+                        let mut cmd = redis::cmd("HMGET");
+                        cmd.arg(self.session_key(key))
+                            .arg(USER)
+                            .arg(CREATED)
+                            .arg(EXPIRES);
+                        cmd
+                    })
+                    .collect();
+                let replies = conn.many(cmds).await?;
+                let now = SystemTime::now();
+                let mut sessions = Vec::with_capacity(keys.len());
+                for (key, reply) in keys.into_iter().zip(replies) {
+                    let (owner, created, expires): (Option<String>, Option<u64>, Option<u64>) =
+                        redis::from_redis_value(reply).map_err(StoreError::backend)?;
+                    // Stale entries (the session is gone or belongs to someone
+                    // else now) are skipped, not dropped: the entry may belong to
+                    // a create still in flight, which must stay findable. They
+                    // leave the index when their score (expiry) passes.
+                    let (Some(owner), Some(created), Some(expires)) = (owner, created, expires)
+                    else {
+                        continue;
+                    };
+                    let expires_at = from_millis(expires);
+                    if owner == user && expires_at > now {
+                        sessions.push(SessionSummary {
+                            key,
+                            created_at: from_millis(created),
+                            expires_at,
+                        });
+                    }
+                }
+                Ok(sessions)
+            })
+            .await?;
+        sessions.sort_by_key(|s| s.created_at);
+        Ok(sessions)
+    }
+
+    async fn delete_user_sessions(&self, user: &str) -> Result<u64, StoreError> {
+        let keys = self
+            .bounded(0, async {
+                let mut conn = self.conn().await?;
+                self.indexed(&mut conn, user).await
+            })
+            .await?;
+        let mut deleted = Vec::new();
+        for key in &keys {
+            let gone = self
+                .bounded(1, async {
+                    let mut conn = self.conn().await?;
+                    let (deleted, _): (i64, Option<String>) = self
+                        .eval(
+                            &mut conn,
+                            &scripts::DELETE,
+                            &self.session_key(key),
+                            |cmd| {
+                                cmd.arg("u").arg(user);
+                            },
+                            true,
+                        )
+                        .await?;
+                    Ok(deleted == 1)
+                })
+                .await?;
+            if gone {
+                deleted.push(key);
+            }
+        }
+        if !deleted.is_empty() {
+            self.bounded(0, async {
+                let mut conn = self.conn().await?;
+                self.index_remove(&mut conn, user, &deleted).await
+            })
+            .await?;
+        }
+        Ok(deleted.len() as u64)
+    }
+}
+
+/// Rebuilds a record from its hash fields.
+fn decode(fields: HashMap<String, String>) -> Result<Record, StoreError> {
+    let mut data = HashMap::with_capacity(fields.len());
+    let (mut created, mut expires, mut user) = (None, None, None);
+    for (field, value) in fields {
+        if let Some(name) = field.strip_prefix(DATA) {
+            data.insert(name.to_owned(), value);
+        } else {
+            match field.as_str() {
+                CREATED => created = value.parse::<u64>().ok(),
+                EXPIRES => expires = value.parse::<u64>().ok(),
+                USER => user = Some(value),
+                // Fields a later version may add: ignore rather than fail.
+                _ => {}
+            }
+        }
+    }
+    match (created, expires) {
+        (Some(created), Some(expires)) => Ok(Record {
+            data,
+            user,
+            created_at: from_millis(created),
+            expires_at: from_millis(expires),
+        }),
+        _ => Err(StoreError::backend(
+            "a session hash in Redis lacks its creation or expiry time",
+        )),
+    }
+}
+
+fn millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn from_millis(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// A store call that ran out of its time budget.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer from Redis within {0:?}")]
+struct TimedOut(Duration);
+
+/// A write that too few replicas confirmed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "write reached {acked} of {wanted} required replicas within {timeout:?}; it is applied on the primary but may be lost if it fails over"
+)]
+struct NotReplicated {
+    acked: u32,
+    wanted: u32,
+    timeout: Duration,
+}
+
+/// Errors that say the server is (for now) not reachable or not the right one
+/// to talk to: worth a `503` and a retry, and reason to drop the connection.
+fn is_unavailable(error: &RedisError) -> bool {
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || matches!(
+            error.kind(),
+            ErrorKind::Io
+                | ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::MasterNameNotFoundBySentinel
+                | ErrorKind::EmptySentinelList
+                | ErrorKind::Server(
+                    ServerErrorKind::ReadOnly
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::BusyLoading
+                )
+        )
+}
+
+fn map_redis_error(error: RedisError) -> StoreError {
+    if is_unavailable(&error) {
+        tracing::warn!(%error, "redis session store unavailable");
+        StoreError::unavailable(error)
+    } else {
+        tracing::error!(%error, "redis session store error");
+        StoreError::backend(error)
+    }
+}
+
+fn map_pool_error(error: deadpool_redis::PoolError) -> StoreError {
+    match error {
+        deadpool_redis::PoolError::Backend(error) => map_redis_error(error),
+        deadpool_redis::PoolError::Timeout(_) | deadpool_redis::PoolError::Closed => {
+            tracing::warn!(%error, "redis session store unavailable");
+            StoreError::unavailable(error)
+        }
+        other => StoreError::backend(other),
+    }
+}
+
+/// A pooled connection of any deployment. A connection whose request failed
+/// with a connection-level error, or was abandoned mid-request (the call timed
+/// out), is detached from the pool when dropped rather than handed to the next
+/// caller: after a failover it may still point at the old primary.
+struct Conn {
+    inner: Option<Inner>,
+    suspect: bool,
+}
+
+enum Inner {
+    Standalone(deadpool_redis::Connection),
+    Sentinel(sentinel::Connection),
+    Cluster(cluster::Connection),
+}
+
+impl Conn {
+    fn inner(&mut self) -> &mut Inner {
+        self.inner
+            .as_mut()
+            .expect("a connection is only emptied when dropped")
+    }
+
+    fn widen_response_timeout(&mut self, timeout: Duration) {
+        match self.inner() {
+            Inner::Standalone(conn) => conn.set_response_timeout(timeout),
+            Inner::Sentinel(conn) => conn.set_response_timeout(timeout),
+            // The cluster client has no per-connection setting; the store's
+            // overall budget bounds it.
+            Inner::Cluster(_) => {}
+        }
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.inner, Some(Inner::Cluster(_)))
+    }
+
+    /// Runs a request, keeping track of whether the connection is still
+    /// trustworthy. `suspect` is raised before the request so that a future
+    /// dropped mid-request (timeout) also detaches the connection.
+    async fn request<T>(
+        &mut self,
+        request: impl AsyncFnOnce(&mut Inner) -> Result<T, RedisError>,
+    ) -> Result<T, RedisError> {
+        self.suspect = true;
+        let result = request(self.inner()).await;
+        self.suspect = result.as_ref().is_err_and(is_unavailable);
+        result
+    }
+
+    async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, StoreError> {
+        self.request(async |conn| cmd.query_async(conn).await)
+            .await
+            .map_err(map_redis_error)
+    }
+
+    async fn pipeline(&mut self, pipe: &Pipeline) -> Result<Vec<Value>, RedisError> {
+        self.request(async |conn| pipe.query_async(conn).await)
+            .await
+    }
+
+    async fn pipeline_typed<T: FromRedisValue>(
+        &mut self,
+        pipe: &Pipeline,
+    ) -> Result<T, StoreError> {
+        self.request(async |conn| pipe.query_async(conn).await)
+            .await
+            .map_err(map_redis_error)
+    }
+
+    async fn load(&mut self, script: &Script) -> Result<String, RedisError> {
+        self.request(async |conn| script.load_async(conn).await)
+            .await
+    }
+
+    /// Runs independent commands: pipelined on one server, one by one on
+    /// Cluster, where a pipeline must stay within one slot.
+    async fn many(&mut self, cmds: Vec<Cmd>) -> Result<Vec<Value>, StoreError> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.is_cluster() {
+            let mut values = Vec::with_capacity(cmds.len());
+            for cmd in &cmds {
+                values.push(self.query(cmd).await?);
+            }
+            return Ok(values);
+        }
+        let mut pipe = redis::pipe();
+        for cmd in cmds {
+            pipe.add_command(cmd);
+        }
+        self.pipeline_typed(&pipe).await
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if !self.suspect {
+            return;
+        }
+        // Taking the connection out of its pool and dropping it closes it; the
+        // pool opens a fresh one (asking the sentinels anew) when next needed.
+        match self.inner.take() {
+            Some(Inner::Standalone(conn)) => drop(deadpool_redis::Connection::take(conn)),
+            Some(Inner::Sentinel(conn)) => drop(sentinel::Connection::take(conn)),
+            Some(Inner::Cluster(conn)) => drop(cluster::Connection::take(conn)),
+            None => {}
+        }
+    }
+}
+
+impl ConnectionLike for Inner {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Standalone(conn) => conn.req_packed_command(cmd),
+            Self::Sentinel(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Standalone(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Sentinel(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Standalone(conn) => conn.get_db(),
+            Self::Sentinel(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}

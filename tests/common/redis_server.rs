@@ -1,0 +1,414 @@
+//! Real Redis servers for tests: standalone, Sentinel (1 primary, 1 replica, 3
+//! sentinels) and Cluster (3 primaries), all on 127.0.0.1 and free ports.
+//!
+//! Every server runs beside a tiny `sh` watchdog that kills it (by PID) once the
+//! test process is gone, so servers kept in statics (which are never dropped)
+//! or left behind by a panic die with the test binary. Servers owned by one
+//! test are killed when dropped. Only processes started here are ever killed.
+//!
+//! `REDIS_URL`, when set, replaces the shared standalone server (not the
+//! Sentinel and Cluster setups, nor servers that tests kill).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const INSTALL_HINT: &str = "the Redis tests need `redis-server` and `redis-cli` on PATH \
+     (Debian/Ubuntu: `apt-get install redis-server redis-tools`)";
+
+/// The shared standalone server's URL (`REDIS_URL` if set).
+pub fn standalone_url() -> String {
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        return url;
+    }
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    SERVER.get_or_init(RedisServer::start).url()
+}
+
+/// The shared Sentinel setup's `redis+sentinel://` URL.
+pub fn sentinel_url() -> String {
+    static SETUP: OnceLock<SentinelSetup> = OnceLock::new();
+    SETUP.get_or_init(SentinelSetup::start).url()
+}
+
+/// The shared Cluster's `redis+cluster://` URL.
+pub fn cluster_url() -> String {
+    static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+    CLUSTER.get_or_init(RedisCluster::start).url()
+}
+
+/// A port nobody listens on now, whose cluster bus port (+10000) is free too.
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind 127.0.0.1");
+        let port = listener.local_addr().unwrap().port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port pair found on 127.0.0.1");
+}
+
+fn temp_dir(role: &str) -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "unstuck-redis-{}-{}-{role}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("cannot create a temp dir");
+    dir
+}
+
+fn check_installed() {
+    static CHECKED: OnceLock<()> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        for tool in ["redis-server", "redis-cli"] {
+            match Command::new(tool).arg("--version").output() {
+                Ok(out) if out.status.success() => {}
+                _ => panic!("`{tool}` not found: {INSTALL_HINT}"),
+            }
+        }
+    });
+}
+
+/// One `redis-server` process (a data node or a sentinel) and its watchdog.
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    args: Vec<String>,
+    process: Option<(Child, Child)>,
+}
+
+impl RedisServer {
+    /// A standalone server with no persistence on a free port.
+    pub fn start() -> Self {
+        Self::start_with(free_port(), "data", &[])
+    }
+
+    /// A server on `port` with extra arguments (e.g. `--replicaof`).
+    pub fn start_with(port: u16, role: &str, extra: &[&str]) -> Self {
+        check_installed();
+        let dir = temp_dir(role);
+        let mut args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            dir.to_str().unwrap(),
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let mut server = Self {
+            port,
+            dir,
+            args,
+            process: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// A sentinel on a free port monitoring `primary` under `name`.
+    fn start_sentinel(primary: u16, name: &str) -> Self {
+        check_installed();
+        let port = free_port();
+        let dir = temp_dir("sentinel");
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
+                 sentinel monitor {name} 127.0.0.1 {primary} 2\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 3000\n\
+                 sentinel parallel-syncs {name} 1\n",
+                dir = dir.display()
+            ),
+        )
+        .unwrap();
+        let mut server = Self {
+            port,
+            dir,
+            args: vec![conf.to_str().unwrap().to_owned(), "--sentinel".to_owned()],
+            process: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.process.is_none(), "server already running");
+        let log = std::fs::File::create(self.dir.join("server.log")).unwrap();
+        let server = Command::new("redis-server")
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server ({e}): {INSTALL_HINT}"));
+        // Kills the server by PID once this test process has gone, however it
+        // ended. It also stops by itself once the server is gone.
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(
+                "while kill -0 \"$1\" 2>/dev/null; do \
+                   kill -0 \"$2\" 2>/dev/null || { kill -9 \"$1\" 2>/dev/null; exit 0; }; \
+                   sleep 0.2; \
+                 done",
+            )
+            .arg("watchdog")
+            .arg(server.id().to_string())
+            .arg(std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start the watchdog shell");
+        self.process = Some((server, watchdog));
+        self.wait_until(Duration::from_secs(10), "answer PING", |s| {
+            s.cli(&["PING"]).is_some_and(|r| r.trim() == "PONG")
+        });
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its `redis://` URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some((mut server, mut watchdog)) = self.process.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same arguments.
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    /// Runs `redis-cli` against it; `None` if it could not connect or failed.
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        cli(self.port, args)
+    }
+
+    /// Polls `ready` every 100 ms until it holds, panicking after `limit`.
+    pub fn wait_until(&self, limit: Duration, what: &str, ready: impl Fn(&Self) -> bool) {
+        let start = Instant::now();
+        while !ready(self) {
+            assert!(
+                start.elapsed() < limit,
+                "redis on port {} did not {what} within {limit:?}; log: {}",
+                self.port,
+                self.dir.join("server.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `redis-cli -p port args…` with a timeout; stdout on success.
+pub fn cli(port: u16, args: &[&str]) -> Option<String> {
+    // redis-cli 7.0 has no timeout option; coreutils' `timeout` bounds a call
+    // to a server that stopped answering.
+    let out = Command::new("timeout")
+        .args(["5", "redis-cli", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
+}
+
+/// Reads `field:value` lines of `INFO`/`CLUSTER INFO` output.
+pub fn info_field(info: &str, field: &str) -> Option<String> {
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix(field)?.strip_prefix(':'))
+        .map(str::to_owned)
+}
+
+/// One primary, one replica and three sentinels (quorum 2) that fail over one
+/// second after the primary stops answering.
+pub struct SentinelSetup {
+    /// The initial primary.
+    pub primary: RedisServer,
+    /// The replica, promoted on failover.
+    pub replica: RedisServer,
+    /// The sentinels.
+    pub sentinels: Vec<RedisServer>,
+}
+
+/// The name the sentinels monitor the primary under.
+pub const MASTER_NAME: &str = "unstuck";
+
+impl SentinelSetup {
+    /// Starts it and waits until replication and the sentinels are in place.
+    pub fn start() -> Self {
+        let primary = RedisServer::start();
+        let primary_port = primary.port().to_string();
+        let replica = RedisServer::start_with(
+            free_port(),
+            "replica",
+            &["--replicaof", "127.0.0.1", &primary_port],
+        );
+        replica.wait_until(Duration::from_secs(15), "sync with the primary", |r| {
+            r.cli(&["INFO", "replication"])
+                .and_then(|i| info_field(&i, "master_link_status"))
+                .is_some_and(|s| s == "up")
+        });
+        let sentinels: Vec<RedisServer> = (0..3)
+            .map(|_| RedisServer::start_sentinel(primary.port(), MASTER_NAME))
+            .collect();
+        for sentinel in &sentinels {
+            // Failover needs a majority of sentinels that know each other and
+            // the replica; discovery goes through hello messages every 2 s.
+            sentinel.wait_until(Duration::from_secs(20), "discover its peers", |s| {
+                let Some(state) = s.cli(&["SENTINEL", "MASTER", MASTER_NAME]) else {
+                    return false;
+                };
+                let lines: Vec<&str> = state.lines().map(str::trim).collect();
+                let value = |name: &str| {
+                    lines
+                        .chunks(2)
+                        .find(|kv| kv[0] == name)
+                        .and_then(|kv| kv.get(1))
+                        .and_then(|v| v.parse::<u32>().ok())
+                };
+                value("num-other-sentinels") == Some(2) && value("num-slaves") == Some(1)
+            });
+        }
+        Self {
+            primary,
+            replica,
+            sentinels,
+        }
+    }
+
+    /// The `redis+sentinel://` URL naming every sentinel.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port()))
+            .collect();
+        format!("redis+sentinel://{}/{MASTER_NAME}", hosts.join(","))
+    }
+
+    /// The port of the node the sentinels currently call primary.
+    pub fn current_primary_port(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|s| {
+            let reply = s.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME])?;
+            reply.lines().nth(1)?.trim().parse().ok()
+        })
+    }
+}
+
+/// Three cluster primaries holding all 16384 slots.
+pub struct RedisCluster {
+    /// The nodes.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, joins them and waits for `cluster_state:ok` everywhere.
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_with(
+                    free_port(),
+                    "cluster",
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
+                )
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for node in &nodes {
+            node.wait_until(Duration::from_secs(20), "report cluster_state:ok", |n| {
+                n.cli(&["CLUSTER", "INFO"])
+                    .and_then(|i| info_field(&i, "cluster_state"))
+                    .is_some_and(|s| s == "ok")
+            });
+        }
+        Self { nodes }
+    }
+
+    /// The `redis+cluster://` URL naming every node as a seed.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+}
+
+/// Every key (matching `pattern`) and every value in a standalone Redis, as
+/// text: for checks that something never reaches the store.
+pub fn dump(port: u16, pattern: &str) -> Vec<(String, String)> {
+    let keys = cli(port, &["--scan", "--pattern", pattern]).expect("scan failed");
+    let mut entries = Vec::new();
+    for key in keys.lines().filter(|k| !k.is_empty()) {
+        let kind = cli(port, &["TYPE", key]).unwrap_or_default();
+        let value = match kind.trim() {
+            "hash" => cli(port, &["HGETALL", key]),
+            "zset" => cli(port, &["ZRANGE", key, "0", "-1", "WITHSCORES"]),
+            "string" => cli(port, &["GET", key]),
+            other => Some(format!("<{other}>")),
+        }
+        .unwrap_or_default();
+        entries.push((key.to_owned(), value));
+    }
+    entries
+}

@@ -1,0 +1,370 @@
+//! [`RedisStore`] against real servers: the conformance suite on standalone,
+//! Sentinel and Cluster, and Redis-specific behaviour through the axum layer.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::routing::{get, post, put};
+use http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+use unstuck::{
+    Key, Record, RedisStore, Session, SessionId, SessionLayer, SessionStore, StoreError,
+};
+
+use common::redis_server::{self, RedisServer};
+
+mod standalone {
+    crate::common::conformance::store_conformance!(
+        unstuck::RedisStore::connect(&crate::common::redis_server::standalone_url())
+            .await
+            .unwrap()
+    );
+}
+
+mod sentinel {
+    crate::common::conformance::store_conformance!(
+        unstuck::RedisStore::connect(&crate::common::redis_server::sentinel_url())
+            .await
+            .unwrap()
+    );
+}
+
+mod cluster {
+    crate::common::conformance::store_conformance!(
+        unstuck::RedisStore::connect(&crate::common::redis_server::cluster_url())
+            .await
+            .unwrap()
+    );
+}
+
+/// Now, at the millisecond precision the store keeps.
+fn now() -> SystemTime {
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap())
+}
+
+/// A prefix no other test uses, so a test can inspect "its" keys.
+fn unique_prefix() -> String {
+    format!(
+        "t{}:",
+        &SessionId::generate().storage_key().as_str()[..12].replace(['-', '_'], "x")
+    )
+}
+
+async fn store_with_prefix(prefix: &str) -> RedisStore {
+    RedisStore::connect(&redis_server::standalone_url())
+        .await
+        .unwrap()
+        .with_prefix(prefix)
+}
+
+async fn counter(session: Session) -> Result<String, unstuck::Error> {
+    let n: u64 = session.get("count")?.unwrap_or(0) + 1;
+    session.insert("count", &n)?;
+    Ok(n.to_string())
+}
+
+async fn put_value(
+    session: Session,
+    Path(key): Path<String>,
+    body: String,
+) -> Result<(), unstuck::Error> {
+    session.insert(&key, &body)
+}
+
+async fn all_values(session: Session) -> Result<String, unstuck::Error> {
+    let mut data = serde_json::Map::new();
+    for key in session.keys() {
+        let value: serde_json::Value = session.get(&key)?.unwrap_or_default();
+        data.insert(key, value);
+    }
+    Ok(serde_json::Value::Object(data).to_string())
+}
+
+async fn login(session: Session, user: String) {
+    session.cycle_id();
+    session.set_user(user);
+}
+
+/// One application instance: its own layer and its own store, sharing the
+/// cookie key with its siblings as instances behind one load balancer do.
+fn instance(store: RedisStore) -> Router {
+    let key = Key::derive_from(b"a shared secret of at least thirty-two bytes").unwrap();
+    Router::new()
+        .route("/counter", get(counter))
+        .route("/kv/{key}", put(put_value))
+        .route("/session", get(all_values))
+        .route("/login", post(login))
+        .layer(SessionLayer::new(store).with_keys([key]))
+}
+
+/// A browser with one cookie, talking to any instance.
+#[derive(Clone, Default)]
+struct Client {
+    cookie: Option<String>,
+}
+
+impl Client {
+    async fn send(
+        &mut self,
+        app: &Router,
+        method: &str,
+        uri: &str,
+        body: &str,
+    ) -> (StatusCode, String) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(cookie) = &self.cookie {
+            request = request.header(header::COOKIE, cookie);
+        }
+        let response = app
+            .clone()
+            .oneshot(request.body(Body::from(body.to_owned())).unwrap())
+            .await
+            .unwrap();
+        if let Some(set) = response.headers().get(header::SET_COOKIE) {
+            let pair = set.to_str().unwrap().split(';').next().unwrap();
+            self.cookie = Some(pair.to_owned());
+        }
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// The session ID in the cookie: the value is a 44-character signature
+    /// followed by the 43-character ID.
+    fn session_id(&self) -> String {
+        let cookie = self.cookie.as_deref().expect("no cookie yet");
+        let value = cookie.split_once('=').unwrap().1;
+        assert_eq!(value.len(), 44 + 43, "unexpected cookie value shape");
+        value[44..].to_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_redis_serve_one_session_alternately() {
+    let prefix = unique_prefix();
+    let a = instance(store_with_prefix(&prefix).await);
+    let b = instance(store_with_prefix(&prefix).await);
+    let mut client = Client::default();
+    for (i, app) in [&a, &b, &a, &b, &b, &a].into_iter().enumerate() {
+        let (status, body) = client.send(app, "GET", "/counter", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, (i + 1).to_string(), "request {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_changing_different_keys_all_persist() {
+    const REQUESTS: usize = 16;
+    let prefix = unique_prefix();
+    let a = instance(store_with_prefix(&prefix).await);
+    let b = instance(store_with_prefix(&prefix).await);
+    let mut client = Client::default();
+    client.send(&a, "GET", "/counter", "").await;
+    let tasks: Vec<_> = (0..REQUESTS)
+        .map(|i| {
+            let app = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let (status, _) = client
+                    .send(&app, "PUT", &format!("/kv/k{i}"), &format!("v{i}"))
+                    .await;
+                status
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    let (_, body) = client.send(&b, "GET", "/session", "").await;
+    let data: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(data["count"], 1, "{data}");
+    for i in 0..REQUESTS {
+        assert_eq!(
+            data[format!("k{i}")],
+            format!("v{i}"),
+            "lost update: {data}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_session_id_or_user_name_reaches_redis() {
+    let prefix = unique_prefix();
+    let app = instance(store_with_prefix(&prefix).await);
+    let mut client = Client::default();
+    client.send(&app, "GET", "/counter", "").await;
+    let anonymous_id = client.session_id();
+    let user = "alice@example.com";
+    let (status, _) = client.send(&app, "POST", "/login", user).await;
+    assert_eq!(status, StatusCode::OK);
+    let id = client.session_id();
+    assert_ne!(id, anonymous_id, "login must rotate the ID");
+    client.send(&app, "PUT", "/kv/note", "hello").await;
+
+    let port: u16 = redis_server::standalone_url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("this check needs a redis://host:port URL");
+    let dump = redis_server::dump(port, &format!("{prefix}*"));
+    let kinds: Vec<&str> = dump.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        dump.len(),
+        2,
+        "expected one session and one user index: {kinds:?}"
+    );
+    for (key, value) in &dump {
+        for secret in [&id, &anonymous_id] {
+            assert!(!key.contains(secret.as_str()), "session ID in key {key}");
+            assert!(!value.contains(secret.as_str()), "session ID in {key}");
+        }
+        assert!(!key.contains(user), "user name in key {key}");
+    }
+    assert!(
+        dump.iter().any(|(_, v)| v.contains("hello")),
+        "the session data should be there: {dump:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_index_expires_with_its_latest_session() {
+    let prefix = unique_prefix();
+    let store = store_with_prefix(&prefix).await;
+    let now = now();
+    for ttl in [Duration::from_secs(60), Duration::from_secs(300)] {
+        let record = Record {
+            data: Default::default(),
+            user: Some("bob".into()),
+            created_at: now,
+            expires_at: now + ttl,
+        };
+        assert!(
+            store
+                .create(&SessionId::generate().storage_key(), &record)
+                .await
+                .unwrap()
+        );
+    }
+    let port: u16 = redis_server::standalone_url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("this check needs a redis://host:port URL");
+    let dump = redis_server::dump(port, &format!("{prefix}user:*"));
+    assert_eq!(dump.len(), 1);
+    let ttl_ms: u64 = redis_server::cli(port, &["PTTL", &dump[0].0])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Without a TTL an index outlives its sessions and grows forever.
+    assert!(
+        (295_000..=300_000).contains(&ttl_ms),
+        "index TTL {ttl_ms} ms should follow the latest session (300 s)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_fail_when_too_few_replicas_acknowledge_them() {
+    // The shared standalone server has no replica, so no write can be acked.
+    let store = RedisStore::connect(&redis_server::standalone_url())
+        .await
+        .unwrap()
+        .with_replica_acks(1, Duration::from_millis(100));
+    let now = now();
+    let record = Record {
+        data: Default::default(),
+        user: None,
+        created_at: now,
+        expires_at: now + Duration::from_secs(60),
+    };
+    let start = Instant::now();
+    let error = store
+        .create(&SessionId::generate().storage_key(), &record)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Backend(_)), "{error:?}");
+    assert!(error.to_string().contains("replica"), "{error}");
+    assert!(start.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_nothing_is_unavailable_quickly() {
+    let port = redis_server::free_port();
+    let start = Instant::now();
+    let error = RedisStore::connect(&format!("redis://127.0.0.1:{port}"))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_urls_are_refused_without_echoing_them() {
+    for url in [
+        "http://secret@host",
+        "redis+sentinel://127.0.0.1:1",
+        "redis+cluster://user:secret@127.0.0.1:1",
+    ] {
+        let error = RedisStore::connect(url).await.unwrap_err();
+        assert!(matches!(error, StoreError::Backend(_)), "{url}: {error:?}");
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_fails_fast_and_the_same_store_recovers_after_restart() {
+    let mut server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let key = SessionId::generate().storage_key();
+    let now = now();
+    let record = Record {
+        data: [("a".to_owned(), "1".to_owned())].into(),
+        user: None,
+        created_at: now,
+        expires_at: now + Duration::from_secs(60),
+    };
+    assert!(store.create(&key, &record).await.unwrap());
+
+    server.kill();
+    for _ in 0..3 {
+        let start = Instant::now();
+        let error = store.load(&key).await.unwrap_err();
+        let took = start.elapsed();
+        assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+        assert!(took < Duration::from_millis(2500), "took {took:?}");
+    }
+
+    server.restart();
+    let start = Instant::now();
+    loop {
+        match store.create(&key, &record).await {
+            Ok(created) => {
+                // No persistence in tests: the restarted server is empty.
+                assert!(created);
+                break;
+            }
+            Err(StoreError::Unavailable(_)) if start.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("store did not recover: {error:?}"),
+        }
+    }
+    assert_eq!(store.load(&key).await.unwrap(), Some(record));
+}
