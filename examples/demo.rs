@@ -292,9 +292,7 @@ async fn open_store(url: &str, near_cache: bool) -> Result<Arc<dyn SessionStore>
     }
     match scheme {
         "memory" => Ok(Arc::new(MemoryStore::new())),
-        "redis" | "redis+sentinel" | "redis+cluster" => Err(format!(
-            "UNSTUCK_STORE={scheme}://…: the Redis store is not part of this version yet"
-        )),
+        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => redis_store(url).await,
         "postgres" | "postgresql" => Err(format!(
             "UNSTUCK_STORE={scheme}://…: the PostgreSQL store is not part of this version yet"
         )),
@@ -303,6 +301,23 @@ async fn open_store(url: &str, near_cache: bool) -> Result<Arc<dyn SessionStore>
              redis+sentinel://, redis+cluster:// or postgres://"
         )),
     }
+}
+
+#[cfg(feature = "redis")]
+async fn redis_store(url: &str) -> Result<Arc<dyn SessionStore>, String> {
+    let store = unstuck::RedisStore::connect(url)
+        .await
+        .map_err(|e| format!("UNSTUCK_STORE: cannot open the Redis store: {e}"))?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis_store(_url: &str) -> Result<Arc<dyn SessionStore>, String> {
+    Err(
+        "UNSTUCK_STORE is a Redis URL, but this build has no Redis support: \
+         run the demo with `--features redis`"
+            .to_owned(),
+    )
 }
 
 async fn run() -> Result<(), String> {

@@ -51,8 +51,8 @@ macro_rules! demo_contract {
 }
 pub(crate) use demo_contract;
 
-const SECRET_A: &str = "first demo secret, long enough to sign cookies";
-const SECRET_B: &str = "second demo secret, long enough to sign cookies";
+const SECRET_A: &str = "first demo secret that is long enough to sign cookies";
+const SECRET_B: &str = "second demo secret that is long enough to sign cookies";
 
 fn demo(store: &str, env: &[(&str, &str)]) -> Demo {
     let mut all = vec![("UNSTUCK_STORE", store)];

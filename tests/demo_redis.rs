@@ -1,0 +1,84 @@
+//! The demo server contract on Redis standalone, Sentinel and Cluster, with
+//! several demo instances sharing each deployment; and the demo through a Redis
+//! outage.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::demo::Demo;
+use common::redis_server::{self, RedisServer};
+
+mod standalone {
+    crate::common::demo_contract::demo_contract!(shared crate::common::redis_server::standalone_url());
+}
+
+mod sentinel {
+    crate::common::demo_contract::demo_contract!(shared crate::common::redis_server::sentinel_url());
+}
+
+mod cluster {
+    crate::common::demo_contract::demo_contract!(shared crate::common::redis_server::cluster_url());
+}
+
+#[tokio::test]
+async fn redis_outage_is_a_503_and_the_demo_recovers_by_itself() {
+    let mut redis = RedisServer::start();
+    let demo = Demo::start(&[("UNSTUCK_STORE", &redis.url())]);
+    let mut client = demo.client();
+    assert_eq!(client.get("/counter").await.body["count"], 1);
+
+    redis.kill();
+    let started = Instant::now();
+    let reply = client.get("/counter").await;
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "slow 503: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        client.get("/health").await.status,
+        200,
+        "routes without sessions keep working"
+    );
+
+    redis.restart();
+    // The restarted server kept nothing (no persistence), so the session starts
+    // over; what matters is that the same process serves sessions again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = client.get("/counter").await;
+        if reply.status == 200 {
+            assert_eq!(reply.body["count"], 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {reply:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(client.get("/counter").await.body["count"], 2);
+}
+
+#[tokio::test]
+async fn no_session_id_reaches_redis_through_the_demo() {
+    let redis = RedisServer::start();
+    let demo = Demo::start(&[("UNSTUCK_STORE", &redis.url())]);
+    let mut client = demo.client();
+    client.get("/counter").await;
+    let before_login = client.session_id_text().unwrap();
+    client
+        .post("/login", Some(serde_json::json!({"user": "dave"})))
+        .await;
+    let after_login = client.session_id_text().unwrap();
+    let dump = redis_server::dump(redis.port(), "*");
+    assert!(!dump.is_empty(), "the session should be in Redis");
+    for (key, value) in dump {
+        for id in [&before_login, &after_login] {
+            assert!(
+                !key.contains(id.as_str()) && !value.contains(id.as_str()),
+                "ID in {key}"
+            );
+        }
+    }
+}
