@@ -78,4 +78,6 @@ pub use crate::store::{
     ChangeSet, MemoryStore, Record, SaveOutcome, SessionStore, SessionSummary, StoreError,
     UserChange,
 };
+#[cfg(feature = "postgres")]
+pub use crate::store::{InvalidIdentifier, PostgresCleanup, PostgresStore};
 pub use ::cookie::SameSite;

@@ -41,7 +41,7 @@ const CREATE_ATTEMPTS: usize = 3;
 ///
 /// async fn counter(session: Session) -> Result<String, unstuck::Error> {
 ///     let n: u64 = session.get("count")?.unwrap_or(0) + 1;
-///     session.insert("count", n)?;
+///     session.insert("count", &n)?;
 ///     Ok(n.to_string())
 /// }
 /// # let _ = counter;

@@ -5,6 +5,8 @@
 //! different keys both persist. Stores never recreate a session that is gone.
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -14,6 +16,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 pub use self::memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use self::postgres::{DEFAULT_TABLE, InvalidIdentifier, PostgresCleanup, PostgresStore};
 use crate::id::StorageKey;
 
 /// A boxed error from a store's backend, kept as the `source` of a [`StoreError`].

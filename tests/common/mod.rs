@@ -3,3 +3,5 @@
 #![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod conformance;
+#[cfg(feature = "postgres")]
+pub mod postgres_server;
