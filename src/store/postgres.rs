@@ -116,7 +116,12 @@ impl fmt::Debug for PostgresStore {
 
 impl PostgresStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/db`)
-    /// with a pool of up to 10 connections.
+    /// with a pool of up to 10 connections, opening the first one now so that a
+    /// wrong URL or password shows at startup.
+    ///
+    /// Each call checks its pooled connection with a ping before using it, so
+    /// connections broken by a database restart are replaced instead of failing
+    /// a request.
     ///
     /// The pool gives up on a connection after 2 seconds, so when the database is
     /// down calls fail fast with [`StoreError::Unavailable`] instead of piling up;
@@ -270,10 +275,8 @@ impl PostgresStore {
     /// (such as the number of instances times the interval you want) keeps the
     /// total load the same.
     ///
-    /// Must be called inside a Tokio runtime.
-    ///
     /// # Panics
-    /// If `interval` is zero.
+    /// If `interval` is zero, or when called outside a Tokio runtime.
     pub fn spawn_cleanup(&self, interval: Duration, batch_size: u32) -> PostgresCleanup {
         assert!(!interval.is_zero(), "cleanup interval must not be zero");
         let batch_size = batch_size.max(1);
