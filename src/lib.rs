@@ -80,6 +80,8 @@ pub use crate::store::{
     ChangeSet, MemoryStore, Record, SaveOutcome, SessionStore, SessionSummary, StoreError,
     UserChange,
 };
+#[cfg(feature = "postgres")]
+pub use crate::store::{InvalidIdentifier, PostgresCleanup, PostgresStore};
 pub use ::cookie::SameSite;
 
 /// Compiles the README's Rust examples, so the front page cannot rot.

@@ -69,7 +69,7 @@ async fn store_with_prefix(prefix: &str) -> RedisStore {
 
 async fn counter(session: Session) -> Result<String, unstuck::Error> {
     let n: u64 = session.get("count")?.unwrap_or(0) + 1;
-    session.insert("count", &n)?;
+    session.insert("count", n)?;
     Ok(n.to_string())
 }
 

@@ -5,6 +5,8 @@
 //! different keys both persist. Stores never recreate a session that is gone.
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 
@@ -16,6 +18,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 pub use self::memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use self::postgres::{DEFAULT_TABLE, InvalidIdentifier, PostgresCleanup, PostgresStore};
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
 use crate::id::StorageKey;

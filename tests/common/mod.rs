@@ -6,5 +6,7 @@ pub mod conformance;
 pub mod demo;
 pub mod demo_contract;
 pub mod instrumented;
+#[cfg(feature = "postgres")]
+pub mod postgres_server;
 #[cfg(feature = "redis")]
 pub mod redis_server;

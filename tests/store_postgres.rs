@@ -1,0 +1,591 @@
+//! [`PostgresStore`] against real PostgreSQL: the conformance suite, expiry
+//! cleanup, outages, and the layer on top with several instances.
+//!
+//! Uses `DATABASE_URL` when set; otherwise starts throwaway clusters (see
+//! `common::postgres_server`).
+#![cfg(feature = "postgres")]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::{Request, StatusCode, header};
+use axum::routing::{get, post, put};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http_body_util::BodyExt as _;
+use sha2::{Digest, Sha256};
+use sqlx::{AssertSqlSafe, PgPool};
+use tower::ServiceExt as _;
+use unstuck::{
+    ChangeSet, Key, PostgresStore, Record, SaveOutcome, Session, SessionId, SessionLayer,
+    SessionStore, StorageKey, StoreError,
+};
+
+use common::postgres_server::{self, PgServer, random_tag, shared};
+
+common::conformance::store_conformance!(postgres_server::store().await);
+
+const LONG: Duration = Duration::from_secs(600);
+
+fn now_ms() -> SystemTime {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    UNIX_EPOCH + Duration::from_millis(ms as u64)
+}
+
+fn new_key() -> StorageKey {
+    SessionId::generate().storage_key()
+}
+
+/// A record that is live for ten minutes, or expired a second ago.
+fn record(expired: bool) -> Record {
+    let now = now_ms();
+    Record {
+        data: [("v".to_owned(), "1".to_owned())].into(),
+        user: None,
+        created_at: now - Duration::from_secs(2),
+        expires_at: if expired {
+            now - Duration::from_secs(1)
+        } else {
+            now + LONG
+        },
+    }
+}
+
+/// A store on a table of its own, so row counts belong to one test.
+async fn store_with_own_table() -> (PostgresStore, String) {
+    let table = format!("t_{}", random_tag());
+    let store = postgres_server::store()
+        .await
+        .with_table(&table)
+        .expect("table name");
+    store.migrate().await.expect("migrate");
+    (
+        store,
+        postgres_server::qualified_table(&shared().schema, &table),
+    )
+}
+
+async fn count(pool: &PgPool, table: &str, filter: &str) -> i64 {
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {table} WHERE {filter}"
+    )))
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn fill(store: &PostgresStore, live: usize, expired: usize) {
+    for _ in 0..live {
+        assert!(store.create(&new_key(), &record(false)).await.unwrap());
+    }
+    for _ in 0..expired {
+        assert!(store.create(&new_key(), &record(true)).await.unwrap());
+    }
+}
+
+/// Polls `condition` every 50 ms for at most `limit`.
+async fn eventually<F, Fut>(limit: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------- expiry cleanup
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_expired_deletes_only_expired_rows_in_bounded_batches() {
+    let (store, table) = store_with_own_table().await;
+    fill(&store, 3, 25).await;
+    assert_eq!(store.delete_expired(10).await.unwrap(), 10);
+    assert_eq!(store.delete_expired(10).await.unwrap(), 10);
+    assert_eq!(store.delete_expired(10).await.unwrap(), 5);
+    assert_eq!(store.delete_expired(10).await.unwrap(), 0);
+    assert_eq!(count(store.pool(), &table, "true").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cleaners_share_the_work_without_blocking_or_double_counting() {
+    let (store, table) = store_with_own_table().await;
+    fill(&store, 2, 200).await;
+    let cleaners: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut total = 0;
+                // Bounded: 200 rows in batches of 5 need at most 40 full batches.
+                for _ in 0..100 {
+                    let n = store.delete_expired(5).await.unwrap();
+                    total += n;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                total
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for cleaner in cleaners {
+        total += cleaner.await.unwrap();
+    }
+    assert_eq!(total, 200);
+    assert_eq!(count(store.pool(), &table, "true").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_task_deletes_expired_rows_and_stops_when_stopped() {
+    let (store, table) = store_with_own_table().await;
+    fill(&store, 3, 20).await;
+    let cleanup = store.spawn_cleanup(Duration::from_millis(100), 7);
+    let pool = store.pool().clone();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            count(&pool, &table, "true").await == 3
+        })
+        .await,
+        "expired rows were not cleaned up"
+    );
+    // Rows that expire later are picked up by later runs.
+    fill(&store, 0, 4).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            count(&pool, &table, "true").await == 3
+        })
+        .await,
+        "the task did not keep running"
+    );
+    cleanup.stop().await;
+    fill(&store, 0, 5).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(&pool, &table, "true").await,
+        8,
+        "stopped task still deletes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_task_stops_when_its_handle_is_dropped() {
+    let (store, table) = store_with_own_table().await;
+    fill(&store, 1, 3).await;
+    let cleanup = store.spawn_cleanup(Duration::from_millis(100), 100);
+    let pool = store.pool().clone();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            count(&pool, &table, "true").await == 1
+        })
+        .await
+    );
+    drop(cleanup);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    fill(&store, 0, 5).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        count(&pool, &table, "true").await,
+        6,
+        "dropped task still deletes"
+    );
+}
+
+// ---------------------------------------------------------------- schema, values
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_is_idempotent_and_safe_from_many_instances_at_once() {
+    let table = format!("m_{}", random_tag());
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let table = table.clone();
+        tasks.push(tokio::spawn(async move {
+            let store = postgres_server::store().await.with_table(&table).unwrap();
+            store.migrate().await.unwrap();
+            store.migrate().await.unwrap();
+            store
+        }));
+    }
+    let mut stores = Vec::new();
+    for task in tasks {
+        stores.push(task.await.unwrap());
+    }
+    let key = new_key();
+    assert!(stores[0].create(&key, &record(false)).await.unwrap());
+    assert!(stores[3].load(&key).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_is_created_on_first_use_without_migrate() {
+    let table = format!("lazy_{}", random_tag());
+    let store = postgres_server::store().await.with_table(&table).unwrap();
+    let key = new_key();
+    assert!(store.create(&key, &record(false)).await.unwrap());
+    let n = count(
+        store.pool(),
+        &postgres_server::qualified_table(&shared().schema, &table),
+        "true",
+    )
+    .await;
+    assert_eq!(n, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_table_and_schema_names_are_refused() {
+    let store = postgres_server::store().await;
+    for bad in ["x\"; DROP TABLE y; --", "with space", "1st", "", "ß"] {
+        assert!(store.clone().with_table(bad).is_err(), "{bad:?}");
+        assert!(store.clone().with_schema(bad).is_err(), "{bad:?}");
+    }
+    // Keywords are fine: names are always quoted.
+    let store = store.with_table("user").unwrap();
+    store.migrate().await.unwrap();
+    assert!(store.load(&new_key()).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_come_back_as_compact_equivalent_json_with_numbers_exact() {
+    let store = postgres_server::store().await;
+    let key = new_key();
+    assert!(store.create(&key, &record(false)).await.unwrap());
+    let mut changes = ChangeSet::new(now_ms() + LONG);
+    changes
+        .insert("obj", r#"{ "b" : 1 , "a": [1, 2.50, "x, y: z"] }"#)
+        .insert("big", "123456789012345678901234567890.000001");
+    assert_eq!(
+        store.save(&key, &changes).await.unwrap(),
+        SaveOutcome::Applied
+    );
+    let data = store.load(&key).await.unwrap().unwrap().data;
+    assert_eq!(data["obj"], r#"{"a":[1,2.50,"x, y: z"],"b":1}"#);
+    assert_eq!(data["big"], "123456789012345678901234567890.000001");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_jsonb_cannot_hold_fail_the_save_and_change_nothing() {
+    let store = postgres_server::store().await;
+    let key = new_key();
+    assert!(store.create(&key, &record(false)).await.unwrap());
+    for bad in [r#""nul \u0000 inside""#, "not json", "1, \"other\": 2"] {
+        let mut changes = ChangeSet::new(now_ms() + LONG);
+        changes.insert("good", "true").insert("bad", bad);
+        let error = store.save(&key, &changes).await.unwrap_err();
+        assert!(
+            matches!(error, StoreError::Backend(_)),
+            "{bad:?}: {error:?}"
+        );
+    }
+    let data = store.load(&key).await.unwrap().unwrap().data;
+    assert_eq!(data.len(), 1, "{data:?}");
+}
+
+// ---------------------------------------------------------------- outages
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_an_unreachable_database_fails_fast_with_unavailable() {
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres",
+        postgres_server::free_port()
+    );
+    let started = Instant::now();
+    let error = PostgresStore::connect(&url).await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_fails_fast_with_unavailable_and_recovers_without_rebuilding_the_store() {
+    let server = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
+    let store = PostgresStore::connect(&server.url()).await.unwrap();
+    let app = app(store.clone(), test_key());
+    let (status, cookie, _) = send(&app, "PUT", "/kv/a", None, "1").await;
+    assert_eq!(status, StatusCode::OK);
+    let cookie = cookie.expect("no session cookie");
+    let key = new_key();
+    assert!(store.create(&key, &record(false)).await.unwrap());
+
+    let server = tokio::task::spawn_blocking(move || {
+        server.stop();
+        server
+    })
+    .await
+    .unwrap();
+
+    let started = Instant::now();
+    let error = store.load(&key).await.unwrap_err();
+    let load_took = started.elapsed();
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    assert!(
+        load_took < Duration::from_secs(4),
+        "load took {load_took:?}"
+    );
+    let started = Instant::now();
+    let error = store
+        .save(&key, &ChangeSet::new(now_ms() + LONG))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    let save_took = started.elapsed();
+    let (status, _, _) = send(&app, "GET", "/kv/a", Some(&cookie), "").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _, _) = send(&app, "GET", "/health", Some(&cookie), "").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "routes without sessions must not care"
+    );
+    eprintln!("outage: load failed after {load_took:?}, save after {save_took:?}");
+
+    let server = tokio::task::spawn_blocking(move || {
+        server.start_again();
+        server
+    })
+    .await
+    .unwrap();
+
+    let started = Instant::now();
+    assert!(store.load(&key).await.unwrap().is_some());
+    eprintln!("recovery: first load took {:?}", started.elapsed());
+    let (status, _, body) = send(&app, "GET", "/kv/a", Some(&cookie), "").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "1"));
+    drop(store);
+    tokio::task::spawn_blocking(move || drop(server))
+        .await
+        .unwrap();
+}
+
+// ---------------------------------------------------------------- through the layer
+
+fn test_key() -> Key {
+    Key::derive_from(b"a test secret that is at least thirty-two bytes long").unwrap()
+}
+
+fn app(store: PostgresStore, key: Key) -> Router {
+    async fn put_kv(
+        session: Session,
+        Path(name): Path<String>,
+        body: String,
+    ) -> Result<&'static str, unstuck::Error> {
+        let value: serde_json::Value = serde_json::from_str(&body).expect("test sends JSON");
+        session.insert(&name, &value)?;
+        Ok("ok")
+    }
+    async fn get_kv(
+        session: Session,
+        Path(name): Path<String>,
+    ) -> Result<(StatusCode, String), unstuck::Error> {
+        Ok(match session.get::<serde_json::Value>(&name)? {
+            Some(value) => (StatusCode::OK, value.to_string()),
+            None => (StatusCode::NOT_FOUND, String::new()),
+        })
+    }
+    async fn all(session: Session) -> Result<String, unstuck::Error> {
+        let mut object = serde_json::Map::new();
+        for name in session.keys() {
+            let value: serde_json::Value = session.get(&name)?.unwrap_or_default();
+            object.insert(name, value);
+        }
+        Ok(serde_json::Value::Object(object).to_string())
+    }
+    async fn login(session: Session, user: String) -> &'static str {
+        session.cycle_id();
+        session.set_user(user);
+        "ok"
+    }
+    async fn logout(session: Session) -> &'static str {
+        session.destroy();
+        "ok"
+    }
+    Router::new()
+        .route("/kv/{name}", put(put_kv).get(get_kv))
+        .route("/session", get(all))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .route("/health", get(|| async { "up" }))
+        .layer(SessionLayer::new(store).with_keys([key]))
+}
+
+/// Sends one request; returns the status, the `name=value` of a session cookie
+/// the response set (if any), and the body.
+async fn send(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    cookie: Option<&str>,
+    body: &str,
+) -> (StatusCode, Option<String>, String) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::from(body.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let cookie = response
+        .headers()
+        .get(header::SET_COOKIE)
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, cookie, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// The session ID in a `name=value` cookie: the last 43 characters of the
+/// signed value.
+fn id_text(cookie: &str) -> &str {
+    &cookie[cookie.len() - 43..]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_changing_different_keys_all_persist() {
+    const REQUESTS: usize = 24;
+    let app = app(postgres_server::store().await, test_key());
+    let (status, cookie, _) = send(&app, "PUT", "/kv/start", None, "0").await;
+    assert_eq!(status, StatusCode::OK);
+    let cookie = Arc::new(cookie.expect("no session cookie"));
+    let requests: Vec<_> = (0..REQUESTS)
+        .map(|i| {
+            let app = app.clone();
+            let cookie = cookie.clone();
+            tokio::spawn(async move {
+                send(
+                    &app,
+                    "PUT",
+                    &format!("/kv/k{i}"),
+                    Some(&cookie),
+                    &i.to_string(),
+                )
+                .await
+                .0
+            })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    let (_, _, body) = send(&app, "GET", "/session", Some(&cookie), "").await;
+    let data: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(data.len(), REQUESTS + 1, "lost updates: {data:?}");
+    for i in 0..REQUESTS {
+        assert_eq!(data[&format!("k{i}")], serde_json::json!(i));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_with_their_own_stores_serve_one_session() {
+    let a = app(postgres_server::store().await, test_key());
+    let b = app(postgres_server::store().await, test_key());
+
+    let (_, cookie, _) = send(&a, "PUT", "/kv/a", None, "1").await;
+    let cookie = cookie.expect("no session cookie");
+    assert_eq!(send(&b, "GET", "/kv/a", Some(&cookie), "").await.2, "1");
+    assert_eq!(
+        send(&b, "PUT", "/kv/b", Some(&cookie), "2").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&a, "GET", "/session", Some(&cookie), "").await.2,
+        r#"{"a":1,"b":2}"#
+    );
+
+    // Alternate instances on every request: each sees the other's last write.
+    for n in 0..10 {
+        let (here, there) = if n % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        assert_eq!(
+            send(here, "GET", "/kv/n", Some(&cookie), "").await.2,
+            if n == 0 {
+                String::new()
+            } else {
+                (n - 1).to_string()
+            }
+        );
+        assert_eq!(
+            send(here, "PUT", "/kv/n", Some(&cookie), &n.to_string())
+                .await
+                .0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            send(there, "GET", "/kv/n", Some(&cookie), "").await.2,
+            n.to_string()
+        );
+    }
+
+    // Login on one instance rotates the ID for both.
+    let (status, rotated, _) = send(&b, "POST", "/login", Some(&cookie), "alice").await;
+    assert_eq!(status, StatusCode::OK);
+    let rotated = rotated.expect("login did not set a new cookie");
+    assert_ne!(id_text(&rotated), id_text(&cookie));
+    assert_eq!(send(&a, "GET", "/kv/a", Some(&rotated), "").await.2, "1");
+    assert_eq!(
+        send(&a, "GET", "/kv/a", Some(&cookie), "").await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // Logout on one instance ends it on both.
+    assert_eq!(
+        send(&a, "POST", "/logout", Some(&rotated), "").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&b, "GET", "/kv/a", Some(&rotated), "").await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_ids_never_appear_in_the_table() {
+    let table = format!("ids_{}", random_tag());
+    let store = postgres_server::store().await.with_table(&table).unwrap();
+    let pool = store.pool().clone();
+    let app = app(store, test_key());
+    let mut ids = Vec::new();
+    let mut live = Vec::new();
+    for i in 0..5 {
+        let (_, cookie, _) = send(&app, "PUT", "/kv/x", None, &i.to_string()).await;
+        let cookie = cookie.expect("no session cookie");
+        ids.push(id_text(&cookie).to_owned());
+        let (_, rotated, _) =
+            send(&app, "POST", "/login", Some(&cookie), &format!("user{i}")).await;
+        let rotated = rotated.expect("login did not set a new cookie");
+        ids.push(id_text(&rotated).to_owned());
+        live.push(id_text(&rotated).to_owned());
+    }
+    let dump: String = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT coalesce(string_agg(t::text, E'\\n'), '') FROM {} AS t",
+        postgres_server::qualified_table(&shared().schema, &table)
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    for id in &ids {
+        assert!(
+            !dump.contains(id.as_str()),
+            "session ID found in the table:\n{dump}"
+        );
+    }
+    // The rows are there, filed under the hash of each live ID.
+    for id in &live {
+        let hash = URL_SAFE_NO_PAD.encode(Sha256::digest(URL_SAFE_NO_PAD.decode(id).unwrap()));
+        assert!(dump.contains(&hash), "no row for a live session:\n{dump}");
+    }
+    assert_eq!(dump.lines().count(), live.len());
+}
