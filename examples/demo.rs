@@ -282,8 +282,14 @@ impl Settings {
     }
 }
 
+/// Background work a store needs while the server runs (dropping it stops it).
+type Keepalive = Option<Box<dyn std::any::Any + Send>>;
+
 /// Opens the store `UNSTUCK_STORE` names.
-async fn open_store(url: &str, near_cache: bool) -> Result<Arc<dyn SessionStore>, String> {
+async fn open_store(
+    url: &str,
+    near_cache: bool,
+) -> Result<(Arc<dyn SessionStore>, Keepalive), String> {
     let scheme = url.split("://").next().unwrap_or_default();
     if near_cache {
         return Err(
@@ -291,11 +297,11 @@ async fn open_store(url: &str, near_cache: bool) -> Result<Arc<dyn SessionStore>
         );
     }
     match scheme {
-        "memory" => Ok(Arc::new(MemoryStore::new())),
-        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => redis_store(url).await,
-        "postgres" | "postgresql" => Err(format!(
-            "UNSTUCK_STORE={scheme}://…: the PostgreSQL store is not part of this version yet"
-        )),
+        "memory" => Ok((Arc::new(MemoryStore::new()), None)),
+        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => {
+            Ok((redis_store(url).await?, None))
+        }
+        "postgres" | "postgresql" => postgres_store(url).await,
         _ => Err(format!(
             "UNSTUCK_STORE={url:?} is not a store this demo knows: use memory, redis://, \
              redis+sentinel://, redis+cluster:// or postgres://"
@@ -320,12 +326,35 @@ async fn redis_store(_url: &str) -> Result<Arc<dyn SessionStore>, String> {
     )
 }
 
+#[cfg(feature = "postgres")]
+async fn postgres_store(url: &str) -> Result<(Arc<dyn SessionStore>, Keepalive), String> {
+    let store = unstuck::PostgresStore::connect(url)
+        .await
+        .map_err(|e| format!("UNSTUCK_STORE: cannot open the PostgreSQL store: {e}"))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| format!("UNSTUCK_STORE: cannot create the sessions table: {e}"))?;
+    // Expired rows are invisible at once; this only reclaims their space.
+    let cleanup = store.spawn_cleanup(Duration::from_secs(60), 1000);
+    Ok((Arc::new(store), Some(Box::new(cleanup))))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres_store(_url: &str) -> Result<(Arc<dyn SessionStore>, Keepalive), String> {
+    Err(
+        "UNSTUCK_STORE is a PostgreSQL URL, but this build has no PostgreSQL support: \
+         run the demo with `--features postgres`"
+            .to_owned(),
+    )
+}
+
 async fn run() -> Result<(), String> {
     let settings = Settings::from_env()?;
     if settings.dev_secret {
         tracing::warn!("UNSTUCK_SECRET is not set: signing cookies with the public dev secret");
     }
-    let store = open_store(&settings.store, settings.near_cache).await?;
+    let (store, _keepalive) = open_store(&settings.store, settings.near_cache).await?;
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
