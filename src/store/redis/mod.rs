@@ -1,5 +1,6 @@
 //! [`RedisStore`]: sessions in Redis (standalone, Sentinel or Cluster).
 
+mod conn;
 mod scripts;
 mod url;
 
@@ -11,12 +12,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use deadpool_redis::redis::aio::ConnectionLike;
 use deadpool_redis::redis::{
-    self, AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture,
-    Script, ServerErrorKind, Value,
+    self, AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, RedisError, Script,
+    ServerErrorKind,
 };
 use deadpool_redis::{Runtime, cluster, sentinel};
+
+use self::conn::{Backend, Conn, Connections};
 use sha2::{Digest, Sha256};
 
 use super::{ChangeSet, Record, SaveOutcome, SessionStore, SessionSummary, StoreError, UserChange};
@@ -127,17 +129,10 @@ macro_rules! bounded_pool {
 /// [deadpool-redis]: https://docs.rs/deadpool-redis
 #[derive(Clone)]
 pub struct RedisStore {
-    backend: Backend,
+    connections: Arc<Connections>,
     prefix: Arc<str>,
     timeout: Duration,
     replica_acks: Option<ReplicaAcks>,
-}
-
-#[derive(Clone)]
-enum Backend {
-    Standalone(deadpool_redis::Pool),
-    Sentinel(sentinel::Pool),
-    Cluster(cluster::Pool),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -148,11 +143,7 @@ struct ReplicaAcks {
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mode = match self.backend {
-            Backend::Standalone(_) => "standalone",
-            Backend::Sentinel(_) => "sentinel",
-            Backend::Cluster(_) => "cluster",
-        };
+        let mode = self.connections.mode();
         f.debug_struct("RedisStore")
             .field("mode", &mode)
             .field("prefix", &self.prefix)
@@ -254,7 +245,7 @@ impl RedisStore {
 
     fn new(backend: Backend) -> Self {
         Self {
-            backend,
+            connections: Arc::new(Connections::new(backend)),
             prefix: DEFAULT_PREFIX.into(),
             timeout: DEFAULT_TIMEOUT,
             replica_acks: None,
@@ -328,17 +319,7 @@ impl RedisStore {
     }
 
     async fn conn(&self) -> Result<Conn, StoreError> {
-        let inner = match &self.backend {
-            Backend::Standalone(pool) => {
-                Inner::Standalone(pool.get().await.map_err(map_pool_error)?)
-            }
-            Backend::Sentinel(pool) => Inner::Sentinel(pool.get().await.map_err(map_pool_error)?),
-            Backend::Cluster(pool) => Inner::Cluster(pool.get().await.map_err(map_pool_error)?),
-        };
-        let mut conn = Conn {
-            inner: Some(inner),
-            suspect: false,
-        };
+        let mut conn = self.connections.get().await?;
         if let Some(acks) = self.replica_acks {
             conn.widen_response_timeout(RESPONSE_TIMEOUT + acks.timeout);
         }
@@ -842,147 +823,5 @@ fn map_pool_error(error: deadpool_redis::PoolError) -> StoreError {
             StoreError::unavailable(error)
         }
         other => StoreError::backend(other),
-    }
-}
-
-/// A pooled connection of any deployment. A connection whose request failed
-/// with a connection-level error, or was abandoned mid-request (the call timed
-/// out), is detached from the pool when dropped rather than handed to the next
-/// caller: after a failover it may still point at the old primary.
-struct Conn {
-    inner: Option<Inner>,
-    suspect: bool,
-}
-
-enum Inner {
-    Standalone(deadpool_redis::Connection),
-    Sentinel(sentinel::Connection),
-    Cluster(cluster::Connection),
-}
-
-impl Conn {
-    fn inner(&mut self) -> &mut Inner {
-        self.inner
-            .as_mut()
-            .expect("a connection is only emptied when dropped")
-    }
-
-    fn widen_response_timeout(&mut self, timeout: Duration) {
-        match self.inner() {
-            Inner::Standalone(conn) => conn.set_response_timeout(timeout),
-            Inner::Sentinel(conn) => conn.set_response_timeout(timeout),
-            // The cluster client has no per-connection setting; the store's
-            // overall budget bounds it.
-            Inner::Cluster(_) => {}
-        }
-    }
-
-    fn is_cluster(&self) -> bool {
-        matches!(self.inner, Some(Inner::Cluster(_)))
-    }
-
-    /// Runs a request, keeping track of whether the connection is still
-    /// trustworthy. `suspect` is raised before the request so that a future
-    /// dropped mid-request (timeout) also detaches the connection.
-    async fn request<T>(
-        &mut self,
-        request: impl AsyncFnOnce(&mut Inner) -> Result<T, RedisError>,
-    ) -> Result<T, RedisError> {
-        self.suspect = true;
-        let result = request(self.inner()).await;
-        self.suspect = result.as_ref().is_err_and(is_unavailable);
-        result
-    }
-
-    async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, StoreError> {
-        self.request(async |conn| cmd.query_async(conn).await)
-            .await
-            .map_err(map_redis_error)
-    }
-
-    async fn pipeline(&mut self, pipe: &Pipeline) -> Result<Vec<Value>, RedisError> {
-        self.request(async |conn| pipe.query_async(conn).await)
-            .await
-    }
-
-    async fn pipeline_typed<T: FromRedisValue>(
-        &mut self,
-        pipe: &Pipeline,
-    ) -> Result<T, StoreError> {
-        self.request(async |conn| pipe.query_async(conn).await)
-            .await
-            .map_err(map_redis_error)
-    }
-
-    async fn load(&mut self, script: &Script) -> Result<String, RedisError> {
-        self.request(async |conn| script.load_async(conn).await)
-            .await
-    }
-
-    /// Runs independent commands: pipelined on one server, one by one on
-    /// Cluster, where a pipeline must stay within one slot.
-    async fn many(&mut self, cmds: Vec<Cmd>) -> Result<Vec<Value>, StoreError> {
-        if cmds.is_empty() {
-            return Ok(Vec::new());
-        }
-        if self.is_cluster() {
-            let mut values = Vec::with_capacity(cmds.len());
-            for cmd in &cmds {
-                values.push(self.query(cmd).await?);
-            }
-            return Ok(values);
-        }
-        let mut pipe = redis::pipe();
-        for cmd in cmds {
-            pipe.add_command(cmd);
-        }
-        self.pipeline_typed(&pipe).await
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        if !self.suspect {
-            return;
-        }
-        // Taking the connection out of its pool and dropping it closes it; the
-        // pool opens a fresh one (asking the sentinels anew) when next needed.
-        match self.inner.take() {
-            Some(Inner::Standalone(conn)) => drop(deadpool_redis::Connection::take(conn)),
-            Some(Inner::Sentinel(conn)) => drop(sentinel::Connection::take(conn)),
-            Some(Inner::Cluster(conn)) => drop(cluster::Connection::take(conn)),
-            None => {}
-        }
-    }
-}
-
-impl ConnectionLike for Inner {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Standalone(conn) => conn.req_packed_command(cmd),
-            Self::Sentinel(conn) => conn.req_packed_command(cmd),
-            Self::Cluster(conn) => conn.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Standalone(conn) => conn.req_packed_commands(cmd, offset, count),
-            Self::Sentinel(conn) => conn.req_packed_commands(cmd, offset, count),
-            Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Standalone(conn) => conn.get_db(),
-            Self::Sentinel(conn) => conn.get_db(),
-            Self::Cluster(conn) => conn.get_db(),
-        }
     }
 }

@@ -1,0 +1,306 @@
+//! Connections to Redis: one pooled multiplexed connection, pinned and shared by
+//! every request, replaced when it fails.
+//!
+//! deadpool checks a connection (`UNWATCH` + `PING`) every time it hands one
+//! out, which cost a round trip per store call. A redis-rs multiplexed
+//! connection already pipelines concurrent requests, so the store keeps one
+//! pooled connection checked out and gives each call a cheap clone of it. The
+//! pool still opens connections (asking the sentinels for the current primary,
+//! or discovering the cluster) and applies its timeouts; a connection that fails
+//! at the connection level, answers `READONLY` after a failover, or is abandoned
+//! mid-request is detached from the pool and the next call pins a fresh one.
+//! A pinned connection that has been idle for a while is checked with a `PING`
+//! before use, as deadpool would: it may have died with its server (a crashed
+//! primary) without any request noticing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
+use deadpool_redis::redis::cluster_async::ClusterConnection;
+use deadpool_redis::redis::{
+    self, Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, Script, Value,
+};
+use deadpool_redis::{cluster, sentinel};
+
+use super::{is_unavailable, map_pool_error, map_redis_error};
+use crate::store::StoreError;
+
+/// The pools a store can draw connections from.
+#[derive(Clone)]
+pub(super) enum Backend {
+    Standalone(deadpool_redis::Pool),
+    Sentinel(sentinel::Pool),
+    Cluster(cluster::Pool),
+}
+
+/// A connection object checked out of its pool.
+enum Pooled {
+    Standalone(deadpool_redis::Connection),
+    Sentinel(sentinel::Connection),
+    Cluster(cluster::Connection),
+}
+
+impl Pooled {
+    fn handle(&self) -> Inner {
+        match self {
+            Self::Standalone(conn) => Inner::Plain((**conn).clone()),
+            Self::Sentinel(conn) => Inner::Plain((**conn).clone()),
+            Self::Cluster(conn) => Inner::Cluster((**conn).clone()),
+        }
+    }
+
+    /// Takes the connection out of its pool, so dropping it closes it instead
+    /// of handing it to the next caller.
+    fn detach(self) {
+        match self {
+            Self::Standalone(conn) => drop(deadpool_redis::Connection::take(conn)),
+            Self::Sentinel(conn) => drop(sentinel::Connection::take(conn)),
+            Self::Cluster(conn) => drop(cluster::Connection::take(conn)),
+        }
+    }
+}
+
+/// A connection unused for longer than this is checked before use.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
+
+struct Pinned {
+    id: u64,
+    pooled: Pooled,
+}
+
+/// Where a store's calls get their connection.
+pub(super) struct Connections {
+    backend: Backend,
+    pinned: Mutex<Option<Pinned>>,
+    next_id: AtomicU64,
+    /// When a request last succeeded, in ms since `epoch`.
+    last_ok: AtomicU64,
+    epoch: Instant,
+}
+
+impl Connections {
+    pub fn new(backend: Backend) -> Self {
+        Self {
+            backend,
+            pinned: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            last_ok: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    pub fn mode(&self) -> &'static str {
+        match self.backend {
+            Backend::Standalone(_) => "standalone",
+            Backend::Sentinel(_) => "sentinel",
+            Backend::Cluster(_) => "cluster",
+        }
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Option<Pinned>> {
+        // The slot only ever holds a complete value; a panic elsewhere cannot
+        // leave it half-written.
+        self.pinned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A handle on the pinned connection, pinning a fresh one from the pool
+    /// first if there is none.
+    pub async fn get(self: &Arc<Self>) -> Result<Conn, StoreError> {
+        let current = self
+            .slot()
+            .as_ref()
+            .map(|pinned| Conn::new(self.clone(), pinned.id, pinned.pooled.handle()));
+        if let Some(mut conn) = current {
+            if self.since_last_ok() < IDLE_CHECK_AFTER {
+                return Ok(conn);
+            }
+            if conn.query::<String>(&redis::cmd("PING")).await.is_ok() {
+                return Ok(conn);
+            }
+            // The failed PING retired it; fall through to a fresh one.
+        }
+        let pooled = match &self.backend {
+            Backend::Standalone(pool) => {
+                Pooled::Standalone(pool.get().await.map_err(map_pool_error)?)
+            }
+            Backend::Sentinel(pool) => Pooled::Sentinel(pool.get().await.map_err(map_pool_error)?),
+            Backend::Cluster(pool) => Pooled::Cluster(pool.get().await.map_err(map_pool_error)?),
+        };
+        // The pool has just checked it.
+        self.record_ok();
+        let mut slot = self.slot();
+        // Another call may have pinned one meanwhile: use it, and let this one
+        // go back to the pool.
+        let pinned = slot.get_or_insert_with(|| Pinned {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            pooled,
+        });
+        Ok(Conn::new(self.clone(), pinned.id, pinned.pooled.handle()))
+    }
+
+    fn since_last_ok(&self) -> Duration {
+        let now = self.epoch.elapsed();
+        now.saturating_sub(Duration::from_millis(self.last_ok.load(Ordering::Relaxed)))
+    }
+
+    fn record_ok(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ok.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Retires connection `id` if it is still the pinned one.
+    fn retire(&self, id: u64) {
+        let retired = {
+            let mut slot = self.slot();
+            match slot.as_ref() {
+                Some(pinned) if pinned.id == id => slot.take(),
+                _ => None,
+            }
+        };
+        if let Some(pinned) = retired {
+            tracing::debug!("retiring a redis session store connection");
+            pinned.pooled.detach();
+        }
+    }
+}
+
+/// One call's handle on a connection. If a request on it fails at the
+/// connection level, or the handle is dropped mid-request (the call timed out),
+/// the connection is retired: after a failover it may still point at the old
+/// primary.
+pub(super) struct Conn {
+    connections: Arc<Connections>,
+    id: u64,
+    inner: Inner,
+    suspect: bool,
+}
+
+pub(super) enum Inner {
+    Plain(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    fn new(connections: Arc<Connections>, id: u64, inner: Inner) -> Self {
+        Self {
+            connections,
+            id,
+            inner,
+            suspect: false,
+        }
+    }
+
+    /// Raises this handle's reply timeout (for `WAIT`). Other handles on the
+    /// same connection keep theirs.
+    pub fn widen_response_timeout(&mut self, timeout: Duration) {
+        match &mut self.inner {
+            Inner::Plain(conn) => conn.set_response_timeout(timeout),
+            // The cluster client has no per-handle setting; the store's
+            // overall budget bounds it.
+            Inner::Cluster(_) => {}
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner, Inner::Cluster(_))
+    }
+
+    /// Runs a request, keeping track of whether the connection is still
+    /// trustworthy. `suspect` is raised before the request so that a future
+    /// dropped mid-request (timeout) also retires the connection.
+    async fn request<T>(
+        &mut self,
+        request: impl AsyncFnOnce(&mut Inner) -> Result<T, RedisError>,
+    ) -> Result<T, RedisError> {
+        self.suspect = true;
+        let result = request(&mut self.inner).await;
+        self.suspect = result.as_ref().is_err_and(is_unavailable);
+        if result.is_ok() {
+            self.connections.record_ok();
+        }
+        result
+    }
+
+    pub async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, StoreError> {
+        self.request(async |conn| cmd.query_async(conn).await)
+            .await
+            .map_err(map_redis_error)
+    }
+
+    pub async fn pipeline(&mut self, pipe: &Pipeline) -> Result<Vec<Value>, RedisError> {
+        self.request(async |conn| pipe.query_async(conn).await)
+            .await
+    }
+
+    pub async fn pipeline_typed<T: FromRedisValue>(
+        &mut self,
+        pipe: &Pipeline,
+    ) -> Result<T, StoreError> {
+        self.request(async |conn| pipe.query_async(conn).await)
+            .await
+            .map_err(map_redis_error)
+    }
+
+    pub async fn load(&mut self, script: &Script) -> Result<String, RedisError> {
+        self.request(async |conn| script.load_async(conn).await)
+            .await
+    }
+
+    /// Runs independent commands: pipelined on one server, one by one on
+    /// Cluster, where a pipeline must stay within one slot.
+    pub async fn many(&mut self, cmds: Vec<Cmd>) -> Result<Vec<Value>, StoreError> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.is_cluster() {
+            let mut values = Vec::with_capacity(cmds.len());
+            for cmd in &cmds {
+                values.push(self.query(cmd).await?);
+            }
+            return Ok(values);
+        }
+        let mut pipe = redis::pipe();
+        for cmd in cmds {
+            pipe.add_command(cmd);
+        }
+        self.pipeline_typed(&pipe).await
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.suspect {
+            self.connections.retire(self.id);
+        }
+    }
+}
+
+impl ConnectionLike for Inner {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Plain(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Plain(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Plain(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
