@@ -291,15 +291,16 @@ async fn open_store(
     near_cache: bool,
 ) -> Result<(Arc<dyn SessionStore>, Keepalive), String> {
     let scheme = url.split("://").next().unwrap_or_default();
-    if near_cache {
+    if near_cache && !scheme.starts_with("redis") {
         return Err(
-            "UNSTUCK_NEAR_CACHE=1: the near cache is not part of this version yet".to_owned(),
+            "UNSTUCK_NEAR_CACHE=1 works with Redis stores (redis:// or redis+sentinel://)"
+                .to_owned(),
         );
     }
     match scheme {
         "memory" => Ok((Arc::new(MemoryStore::new()), None)),
         "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => {
-            Ok((redis_store(url).await?, None))
+            Ok((redis_store(url, near_cache).await?, None))
         }
         "postgres" | "postgresql" => postgres_store(url).await,
         _ => Err(format!(
@@ -310,15 +311,20 @@ async fn open_store(
 }
 
 #[cfg(feature = "redis")]
-async fn redis_store(url: &str) -> Result<Arc<dyn SessionStore>, String> {
-    let store = unstuck::RedisStore::connect(url)
+async fn redis_store(url: &str, near_cache: bool) -> Result<Arc<dyn SessionStore>, String> {
+    let mut store = unstuck::RedisStore::connect(url)
         .await
         .map_err(|e| format!("UNSTUCK_STORE: cannot open the Redis store: {e}"))?;
+    if near_cache {
+        store = store
+            .with_near_cache(unstuck::NearCache::new())
+            .map_err(|e| format!("UNSTUCK_NEAR_CACHE: {e}"))?;
+    }
     Ok(Arc::new(store))
 }
 
 #[cfg(not(feature = "redis"))]
-async fn redis_store(_url: &str) -> Result<Arc<dyn SessionStore>, String> {
+async fn redis_store(_url: &str, _near_cache: bool) -> Result<Arc<dyn SessionStore>, String> {
     Err(
         "UNSTUCK_STORE is a Redis URL, but this build has no Redis support: \
          run the demo with `--features redis`"

@@ -74,14 +74,14 @@ pub use crate::id::{SessionId, StorageKey};
 pub use crate::key::{Key, KeyError, MIN_SECRET_LEN};
 pub use crate::layer::{SessionLayer, SessionService};
 pub use crate::session::Session;
-#[cfg(feature = "redis")]
-pub use crate::store::RedisStore;
 pub use crate::store::{
     ChangeSet, MemoryStore, Record, SaveOutcome, SessionStore, SessionSummary, StoreError,
     UserChange,
 };
 #[cfg(feature = "postgres")]
 pub use crate::store::{InvalidIdentifier, PostgresCleanup, PostgresStore};
+#[cfg(feature = "redis")]
+pub use crate::store::{NearCache, NearCacheStats, RedisStore};
 pub use ::cookie::SameSite;
 
 /// Compiles the README's Rust examples, so the front page cannot rot.

@@ -21,7 +21,7 @@ pub use self::memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use self::postgres::{DEFAULT_TABLE, InvalidIdentifier, PostgresCleanup, PostgresStore};
 #[cfg(feature = "redis")]
-pub use self::redis::RedisStore;
+pub use self::redis::{NearCache, NearCacheStats, RedisStore};
 use crate::id::StorageKey;
 
 /// A boxed error from a store's backend, kept as the `source` of a [`StoreError`].

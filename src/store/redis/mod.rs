@@ -1,6 +1,7 @@
 //! [`RedisStore`]: sessions in Redis (standalone, Sentinel or Cluster).
 
 mod conn;
+mod near_cache;
 mod scripts;
 mod url;
 
@@ -14,11 +15,13 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use deadpool_redis::redis::{
     self, AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, RedisError, Script,
-    ServerErrorKind,
+    ServerErrorKind, Value,
 };
 use deadpool_redis::{Runtime, cluster, sentinel};
 
 use self::conn::{Backend, Conn, Connections};
+use self::near_cache::Tracker;
+pub use self::near_cache::{NearCache, NearCacheStats};
 use sha2::{Digest, Sha256};
 
 use super::{ChangeSet, Record, SaveOutcome, SessionStore, SessionSummary, StoreError, UserChange};
@@ -36,6 +39,7 @@ const DEFAULT_PREFIX: &str = "unstuck:";
 const CREATED: &str = "m:created";
 const EXPIRES: &str = "m:expires";
 const USER: &str = "m:user";
+const VERSION: &str = "m:v";
 const DATA: &str = "d:";
 
 /// Applies the store's connection timeouts to a deadpool builder (a macro: the
@@ -130,6 +134,9 @@ macro_rules! bounded_pool {
 #[derive(Clone)]
 pub struct RedisStore {
     connections: Arc<Connections>,
+    /// Where `connect` was pointed, kept for the near cache's own connection.
+    target: Option<Arc<url::Target>>,
+    near: Option<Arc<Tracker>>,
     prefix: Arc<str>,
     timeout: Duration,
     replica_acks: Option<ReplicaAcks>,
@@ -149,6 +156,7 @@ impl fmt::Debug for RedisStore {
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("replica_acks", &self.replica_acks)
+            .field("near_cache", &self.near.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -171,7 +179,8 @@ impl RedisStore {
     /// it); [`StoreError::Unavailable`] if Redis cannot be reached within the
     /// timeout.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let store = match url::parse(url).map_err(StoreError::backend)? {
+        let target = url::parse(url).map_err(StoreError::backend)?;
+        let mut store = match target.clone() {
             url::Target::Standalone(url) => {
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -210,6 +219,7 @@ impl RedisStore {
                 Self::from_cluster_pool(bounded_pool!(pool)?)
             }
         };
+        store.target = Some(Arc::new(target));
         store
             .bounded(0, async {
                 let mut conn = store.conn().await?;
@@ -246,6 +256,8 @@ impl RedisStore {
     fn new(backend: Backend) -> Self {
         Self {
             connections: Arc::new(Connections::new(backend)),
+            target: None,
+            near: None,
             prefix: DEFAULT_PREFIX.into(),
             timeout: DEFAULT_TIMEOUT,
             replica_acks: None,
@@ -285,6 +297,148 @@ impl RedisStore {
     pub fn with_replica_acks(mut self, replicas: u32, timeout: Duration) -> Self {
         self.replica_acks = (replicas > 0).then_some(ReplicaAcks { replicas, timeout });
         self
+    }
+
+    /// Keeps sessions this process reads in a bounded in-process cache, kept
+    /// coherent by Redis itself: loads of a cached session cost no round trip,
+    /// and a change made by any instance reaches this one as an invalidation
+    /// pushed by Redis (server-assisted client-side caching: RESP3 `CLIENT
+    /// TRACKING`, on one extra connection per store).
+    ///
+    /// Guarantees: a request sees the writes of earlier requests on this
+    /// instance (read-your-writes), and a write on another instance as soon as
+    /// Redis's invalidation has arrived — Redis sends it before it answers that
+    /// instance, so in practice before any client could hear of the write. A
+    /// read that races a write on another instance by microseconds can still see
+    /// the value from just before it, as with any cache. When the tracking
+    /// connection drops, the cache is emptied; entries also expire after
+    /// [`NearCache::with_max_age`].
+    ///
+    /// Saves of a cached session go over the tracking connection and refresh the
+    /// cache with the record Redis returns, so a write request costs one round
+    /// trip. With [`with_replica_acks`](Self::with_replica_acks), saves keep to
+    /// the pool (a `WAIT` would stall the shared tracking connection) and evict
+    /// instead.
+    ///
+    /// # Errors
+    /// For a store not made by [`connect`](Self::connect) (the cache opens its
+    /// own connection, and a pool does not say where to), or on Cluster, where
+    /// invalidations would have to come from every shard.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use unstuck::{NearCache, RedisStore};
+    ///
+    /// # async fn run() -> Result<(), unstuck::StoreError> {
+    /// let store = RedisStore::connect("redis://127.0.0.1:6379")
+    ///     .await?
+    ///     .with_near_cache(NearCache::new())?;
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_near_cache(mut self, settings: NearCache) -> Result<Self, StoreError> {
+        let target = self.target.as_ref().ok_or_else(|| {
+            StoreError::backend(
+                "the near cache needs a store made by RedisStore::connect, which knows where to open its tracking connection",
+            )
+        })?;
+        self.near = Some(Arc::new(Tracker::new(target, settings)?));
+        Ok(self)
+    }
+
+    /// The near cache's counters, if it is on.
+    pub fn near_cache_stats(&self) -> Option<NearCacheStats> {
+        self.near.as_ref().map(|near| near.stats())
+    }
+
+    /// The near cache, when saves may go through its connection.
+    fn write_through(&self) -> Option<&Tracker> {
+        self.near.as_deref().filter(|_| self.replica_acks.is_none())
+    }
+
+    /// Drops a session from the near cache after a write that did not refresh it.
+    fn evict(&self, key: &StorageKey) {
+        if let Some(near) = &self.near {
+            near.evict(&self.session_key(key));
+        }
+    }
+
+    /// Loads through the near cache.
+    async fn load_near(
+        &self,
+        near: &Tracker,
+        key: &StorageKey,
+    ) -> Result<Option<Record>, StoreError> {
+        let redis_key = self.session_key(key);
+        if let Some(record) = near.lookup(&redis_key) {
+            return Ok(Some(record));
+        }
+        self.bounded(0, async {
+            let (generation, mut conn) = near.connection().await?;
+            let ticket = near.ticket(&redis_key, generation);
+            let fields: HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(&redis_key)
+                .query_async(&mut conn)
+                .await
+                .map_err(|error| near_failure(near, generation, error))?;
+            if fields.is_empty() {
+                return Ok(None);
+            }
+            let (record, version) = decode_versioned(fields)?;
+            if record.expires_at <= SystemTime::now() {
+                return Ok(None);
+            }
+            near.offer(&ticket, &redis_key, record.clone(), version);
+            Ok(Some(record))
+        })
+        .await
+    }
+
+    /// Runs the save script on the near cache's connection and caches the
+    /// record it returns.
+    async fn save_near(
+        &self,
+        near: &Tracker,
+        key: &StorageKey,
+        args: impl Fn(&mut Cmd),
+    ) -> Result<(i64, Option<String>, Option<String>), StoreError> {
+        let redis_key = self.session_key(key);
+        let (generation, mut conn) = near.connection().await?;
+        let ticket = near.ticket(&redis_key, generation);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(scripts::SAVE_RETURNING.get_hash())
+            .arg(1)
+            .arg(&redis_key);
+        args(&mut cmd);
+        let reply: Result<Vec<Value>, _> = match cmd.query_async(&mut conn).await {
+            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                scripts::SAVE_RETURNING
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(|error| near_failure(near, generation, error))?;
+                cmd.query_async(&mut conn).await
+            }
+            other => other,
+        };
+        let mut reply = reply
+            .map_err(|error| near_failure(near, generation, error))?
+            .into_iter();
+        let mut next = || reply.next().unwrap_or(Value::Nil);
+        let (applied, previous, current): (i64, Option<String>, Option<String>) = (
+            redis::from_redis_value(next()).map_err(StoreError::backend)?,
+            redis::from_redis_value(next()).map_err(StoreError::backend)?,
+            redis::from_redis_value(next()).map_err(StoreError::backend)?,
+        );
+        if applied == 1 {
+            let fields: HashMap<String, String> =
+                redis::from_redis_value(next()).map_err(StoreError::backend)?;
+            let (record, version) = decode_versioned(fields)?;
+            near.offer(&ticket, &redis_key, record, version);
+        } else {
+            near.evict(&redis_key);
+        }
+        Ok((applied, previous, current))
     }
 
     fn session_key(&self, key: &StorageKey) -> String {
@@ -480,6 +634,9 @@ impl RedisStore {
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn load(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
+        if let Some(near) = &self.near {
+            return self.load_near(near, key).await;
+        }
         let fields: HashMap<String, String> = self
             .bounded(0, async {
                 let mut conn = self.conn().await?;
@@ -518,29 +675,37 @@ impl SessionStore for RedisStore {
                 self.index_add(&mut conn, user, key, changes.expires_at())
                     .await?;
             }
-            let (applied, previous, current): (i64, Option<String>, Option<String>) = self
-                .eval(
-                    &mut conn,
-                    &scripts::SAVE,
-                    &self.session_key(key),
-                    |cmd| {
-                        cmd.arg(millis(changes.expires_at()));
-                        match changes.user() {
-                            UserChange::Keep => cmd.arg("k").arg(""),
-                            UserChange::Set(user) => cmd.arg("s").arg(user),
-                            UserChange::Clear => cmd.arg("c").arg(""),
-                        };
-                        cmd.arg(changes.removed().len());
-                        for name in changes.removed() {
-                            cmd.arg(format!("{DATA}{name}"));
-                        }
-                        for (name, json) in changes.inserted() {
-                            cmd.arg(format!("{DATA}{name}")).arg(json);
-                        }
-                    },
-                    true,
-                )
-                .await?;
+            let args = |cmd: &mut Cmd| {
+                cmd.arg(millis(changes.expires_at()));
+                match changes.user() {
+                    UserChange::Keep => cmd.arg("k").arg(""),
+                    UserChange::Set(user) => cmd.arg("s").arg(user),
+                    UserChange::Clear => cmd.arg("c").arg(""),
+                };
+                cmd.arg(changes.removed().len());
+                for name in changes.removed() {
+                    cmd.arg(format!("{DATA}{name}"));
+                }
+                for (name, json) in changes.inserted() {
+                    cmd.arg(format!("{DATA}{name}")).arg(json);
+                }
+            };
+            let (applied, previous, current) = match self.write_through() {
+                Some(near) => self.save_near(near, key, args).await?,
+                None => {
+                    let reply: (i64, Option<String>, Option<String>) = self
+                        .eval(
+                            &mut conn,
+                            &scripts::SAVE,
+                            &self.session_key(key),
+                            args,
+                            true,
+                        )
+                        .await?;
+                    self.evict(key);
+                    reply
+                }
+            };
             if applied == 0 {
                 if let UserChange::Set(user) = changes.user() {
                     self.index_remove(&mut conn, user, &[key]).await?;
@@ -594,6 +759,7 @@ impl SessionStore for RedisStore {
                     true,
                 )
                 .await?;
+            self.evict(from);
             if fields.is_empty() {
                 return Ok(SaveOutcome::Gone);
             }
@@ -632,6 +798,7 @@ impl SessionStore for RedisStore {
                     true,
                 )
                 .await?;
+            self.evict(key);
             if let (1, Some(user)) = (deleted, &user) {
                 self.index_remove(&mut conn, user, &[key]).await?;
             }
@@ -712,6 +879,7 @@ impl SessionStore for RedisStore {
                     Ok(deleted == 1)
                 })
                 .await?;
+            self.evict(key);
             if gone {
                 deleted.push(key);
             }
@@ -725,6 +893,25 @@ impl SessionStore for RedisStore {
         }
         Ok(deleted.len() as u64)
     }
+}
+
+/// Rebuilds a record and its version (`m:v`, 0 for hashes written before
+/// versions existed) from its hash fields.
+fn decode_versioned(mut fields: HashMap<String, String>) -> Result<(Record, u64), StoreError> {
+    let version = fields
+        .remove(VERSION)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok((decode(fields)?, version))
+}
+
+/// Maps an error on the near cache's connection, forgetting the connection
+/// when the error says it is broken.
+fn near_failure(near: &Tracker, generation: u64, error: RedisError) -> StoreError {
+    if is_unavailable(&error) {
+        near.connection_failed(generation);
+    }
+    map_redis_error(error)
 }
 
 /// Rebuilds a record from its hash fields.

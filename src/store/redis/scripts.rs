@@ -33,23 +33,19 @@ pub(super) static CREATE: LazyLock<Script> = LazyLock::new(|| {
 local key = KEYS[1]
 if redis.call('EXISTS', key) == 1 then return 0 end
 each_chunk(2, #ARGV, 1000, function(i, j) redis.call('HSET', key, unpack(ARGV, i, j)) end)
+redis.call('HSET', key, 'm:v', 1)
 redis.call('PEXPIREAT', key, ARGV[1])
 return 1
 "
     ))
 });
 
-/// `KEYS[1]` session hash; `ARGV[1]` new expiry (ms); `ARGV[2]` user change
-/// (`k`eep, `s`et, `c`lear); `ARGV[3]` new user (for `s`); `ARGV[4]` number of
-/// removed fields, then those fields, then field/value pairs to set.
-///
-/// Returns `{applied, previous user, current user}`; a missing key gives
-/// `{0, nil, nil}` and is left missing, so a late save cannot resurrect a session.
-pub(super) static SAVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "{HELPERS}
+/// The body shared by [`SAVE`] and [`SAVE_RETURNING`]; `{{RETURN}}` is their
+/// last line. Every applied save bumps the session's version `m:v`, which orders
+/// replies for the near cache.
+const SAVE_BODY: &str = r"
 local key = KEYS[1]
-if redis.call('EXISTS', key) == 0 then return {{0, false, false}} end
+if redis.call('EXISTS', key) == 0 then return {0, false, false} end
 local previous = redis.call('HGET', key, 'm:user')
 local removed_last = 4 + tonumber(ARGV[4])
 each_chunk(5, removed_last, 1000, function(i, j) redis.call('HDEL', key, unpack(ARGV, i, j)) end)
@@ -63,9 +59,35 @@ elseif ARGV[2] == 'c' then
   current = false
 end
 redis.call('HSET', key, 'm:expires', ARGV[1])
+redis.call('HINCRBY', key, 'm:v', 1)
 redis.call('PEXPIREAT', key, ARGV[1])
-return {{1, previous, current}}
-"
+{{RETURN}}
+";
+
+/// `KEYS[1]` session hash; `ARGV[1]` new expiry (ms); `ARGV[2]` user change
+/// (`k`eep, `s`et, `c`lear); `ARGV[3]` new user (for `s`); `ARGV[4]` number of
+/// removed fields, then those fields, then field/value pairs to set.
+///
+/// Returns `{applied, previous user, current user}`; a missing key gives
+/// `{0, nil, nil}` and is left missing, so a late save cannot resurrect a session.
+pub(super) static SAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{HELPERS}{}",
+        SAVE_BODY.replace("{{RETURN}}", "return {1, previous, current}")
+    ))
+});
+
+/// [`SAVE`], returning the whole hash as a fourth element. Its final read also
+/// makes Redis track the key again for the calling connection: a write drops a
+/// key from Redis's tracking table, even for the `NOLOOP` connection that made
+/// it, and without this read the near cache would miss later invalidations.
+pub(super) static SAVE_RETURNING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{HELPERS}{}",
+        SAVE_BODY.replace(
+            "{{RETURN}}",
+            "return {1, previous, current, redis.call('HGETALL', key)}"
+        )
     ))
 });
 
