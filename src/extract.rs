@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use axum_core::extract::FromRequestParts;
 use axum_core::response::{IntoResponse, Response};
-use http::StatusCode;
 use http::request::Parts;
+use http::{HeaderMap, StatusCode};
 use tokio::sync::OnceCell;
 
 use crate::config::Config;
@@ -14,7 +14,8 @@ use crate::session::Session;
 use crate::store::{SessionStore, StoreError};
 
 /// What the layer leaves in each request's extensions: enough to load the
-/// session, which happens only if something extracts it.
+/// session, which happens only if something extracts it. Even the cookie is
+/// read then, so a route without sessions does not pay for its signature check.
 #[derive(Clone)]
 pub(crate) struct LazySession {
     inner: Arc<LazyInner>,
@@ -23,17 +24,15 @@ pub(crate) struct LazySession {
 struct LazyInner {
     store: Arc<dyn SessionStore>,
     config: Arc<Config>,
-    id: Option<SessionId>,
     session: OnceCell<Session>,
 }
 
 impl LazySession {
-    pub fn new(store: Arc<dyn SessionStore>, config: Arc<Config>, id: Option<SessionId>) -> Self {
+    pub fn new(store: Arc<dyn SessionStore>, config: Arc<Config>) -> Self {
         Self {
             inner: Arc::new(LazyInner {
                 store,
                 config,
-                id,
                 session: OnceCell::new(),
             }),
         }
@@ -41,12 +40,13 @@ impl LazySession {
 
     /// The session, loading it on first use. A failed load is not remembered, so
     /// a later extraction in the same request tries again.
-    pub async fn get(&self) -> Result<Session, StoreError> {
+    pub async fn get(&self, headers: &HeaderMap) -> Result<Session, StoreError> {
         let inner = &*self.inner;
         inner
             .session
             .get_or_try_init(|| {
-                Session::load(inner.store.clone(), inner.config.clone(), inner.id.clone())
+                let id: Option<SessionId> = inner.config.cookie.read(headers);
+                Session::load(inner.store.clone(), inner.config.clone(), id)
             })
             .await
             .cloned()
@@ -94,6 +94,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
             .extensions
             .get::<LazySession>()
             .ok_or(SessionRejection::MissingLayer)?;
-        Ok(lazy.get().await?)
+        Ok(lazy.get(&parts.headers).await?)
     }
 }

@@ -221,8 +221,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let id = self.config.cookie.read(request.headers());
-        let lazy = LazySession::new(self.store.clone(), self.config.clone(), id);
+        let lazy = LazySession::new(self.store.clone(), self.config.clone());
         request.extensions_mut().insert(lazy.clone());
 
         // The clone that was driven to readiness is the one that must be called.

@@ -395,25 +395,27 @@ impl RedisStore {
         .await
     }
 
-    /// Runs the save script on the near cache's connection and caches the
-    /// record it returns.
+    /// Runs the save script on the near cache's connection, then applies the
+    /// same changes to the cached record if the version Redis returns proves
+    /// that no other write came in between; otherwise drops it.
     async fn save_near(
         &self,
         near: &Tracker,
         key: &StorageKey,
+        changes: &ChangeSet,
         args: impl Fn(&mut Cmd),
     ) -> Result<(i64, Option<String>, Option<String>), StoreError> {
         let redis_key = self.session_key(key);
         let (generation, mut conn) = near.connection().await?;
         let ticket = near.ticket(&redis_key, generation);
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(scripts::SAVE_RETURNING.get_hash())
+        cmd.arg(scripts::SAVE_TRACKED.get_hash())
             .arg(1)
             .arg(&redis_key);
         args(&mut cmd);
         let reply: Result<Vec<Value>, _> = match cmd.query_async(&mut conn).await {
             Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                scripts::SAVE_RETURNING
+                scripts::SAVE_TRACKED
                     .load_async(&mut conn)
                     .await
                     .map_err(|error| near_failure(near, generation, error))?;
@@ -421,22 +423,20 @@ impl RedisStore {
             }
             other => other,
         };
+        // A session that is gone gives three elements, an applied save four.
         let mut reply = reply
             .map_err(|error| near_failure(near, generation, error))?
             .into_iter();
         let mut next = || reply.next().unwrap_or(Value::Nil);
-        let (applied, previous, current): (i64, Option<String>, Option<String>) = (
-            redis::from_redis_value(next()).map_err(StoreError::backend)?,
-            redis::from_redis_value(next()).map_err(StoreError::backend)?,
-            redis::from_redis_value(next()).map_err(StoreError::backend)?,
-        );
-        if applied == 1 {
-            let fields: HashMap<String, String> =
-                redis::from_redis_value(next()).map_err(StoreError::backend)?;
-            let (record, version) = decode_versioned(fields)?;
-            near.offer(&ticket, &redis_key, record, version);
-        } else {
-            near.evict(&redis_key);
+        let applied: i64 = redis::from_redis_value(next()).map_err(StoreError::backend)?;
+        let previous: Option<String> =
+            redis::from_redis_value(next()).map_err(StoreError::backend)?;
+        let current: Option<String> =
+            redis::from_redis_value(next()).map_err(StoreError::backend)?;
+        let version: Option<u64> = redis::from_redis_value(next()).map_err(StoreError::backend)?;
+        match version.filter(|_| applied == 1) {
+            Some(version) => near.apply(&ticket, &redis_key, changes, version),
+            None => near.evict(&redis_key),
         }
         Ok((applied, previous, current))
     }
@@ -691,7 +691,7 @@ impl SessionStore for RedisStore {
                 }
             };
             let (applied, previous, current) = match self.write_through() {
-                Some(near) => self.save_near(near, key, args).await?,
+                Some(near) => self.save_near(near, key, changes, args).await?,
                 None => {
                     let reply: (i64, Option<String>, Option<String>) = self
                         .eval(

@@ -20,11 +20,12 @@
 //!   Callers take a [`Ticket`] before sending; an invalidation of the key (or a
 //!   flush) in between voids the ticket and the reply is not cached.
 //! - Session saves run on the tracking connection with `NOLOOP`, so this
-//!   process's own writes do not invalidate it; the save script ends by
-//!   re-reading the hash, which both re-registers the key for tracking (a write
-//!   drops it from Redis's tracking table, even for the `NOLOOP` connection that
-//!   made it) and returns the record as Redis now holds it. A per-session
-//!   version (`m:v`) orders replies that callers see out of order.
+//!   process's own writes do not invalidate it; the save script ends by reading
+//!   the session's version (`m:v`, bumped by every write), which re-registers
+//!   the key for tracking (a write drops it from Redis's tracking table, even
+//!   for the `NOLOOP` connection that made it). If the new version is exactly
+//!   one past the cached one, nothing else wrote in between, and the cache
+//!   applies the same changes itself; otherwise it drops the entry.
 //! - When either connection drops, or Redis reports the redirection broken, the
 //!   cache is flushed (no invalidation can be trusted to have arrived) and both
 //!   are opened again on next use; entries also expire after a maximum age, and
@@ -44,7 +45,7 @@ use redis_protocol::resp2::types::OwnedFrame;
 use tokio::net::TcpStream;
 
 use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT, map_redis_error, url::Target};
-use crate::store::{Record, StoreError};
+use crate::store::{ChangeSet, Record, StoreError};
 
 /// Invalidations are tracked in this many stripes (keys hash into them), so
 /// that a ticket can tell whether its key was invalidated without remembering
@@ -407,6 +408,25 @@ impl Tracker {
                 fetched: Instant::now(),
             },
         );
+    }
+
+    /// Brings the cached record for `key` to `version` by applying `changes`,
+    /// this process's own save, if it was cached at exactly the version before
+    /// and nothing invalidated it since `ticket`; otherwise drops it. A save on
+    /// the tracking connection is `NOLOOP`, so no invalidation would come.
+    pub fn apply(&self, ticket: &Ticket, key: &str, changes: &ChangeSet, version: u64) {
+        let mut cache = self.cache();
+        cache.drain();
+        let valid = cache.generation() == Some(ticket.generation)
+            && cache.epoch == ticket.epoch
+            && cache.stripes[Cache::stripe(key)] == ticket.stripe;
+        match cache.entries.get_mut(key) {
+            Some(entry) if valid && entry.version + 1 == version => {
+                changes.apply_to(&mut entry.record);
+                entry.version = version;
+            }
+            _ => cache.invalidate(key),
+        }
     }
 
     /// Drops `key` here, for writes that do not go through the tracking

@@ -40,7 +40,7 @@ return 1
     ))
 });
 
-/// The body shared by [`SAVE`] and [`SAVE_RETURNING`]; `{{RETURN}}` is their
+/// The body shared by [`SAVE`] and [`SAVE_TRACKED`]; `{{RETURN}}` is their
 /// last line. Every applied save bumps the session's version `m:v`, which orders
 /// replies for the near cache.
 const SAVE_BODY: &str = r"
@@ -77,16 +77,17 @@ pub(super) static SAVE: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
-/// [`SAVE`], returning the whole hash as a fourth element. Its final read also
-/// makes Redis track the key again for the calling connection: a write drops a
-/// key from Redis's tracking table, even for the `NOLOOP` connection that made
-/// it, and without this read the near cache would miss later invalidations.
-pub(super) static SAVE_RETURNING: LazyLock<Script> = LazyLock::new(|| {
+/// [`SAVE`], returning the session's new version (`m:v`) as a fourth element.
+/// That final read also makes Redis track the key again for the calling
+/// connection: a write drops a key from Redis's tracking table, even for the
+/// `NOLOOP` connection that made it, and without this read the near cache would
+/// miss later invalidations.
+pub(super) static SAVE_TRACKED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{HELPERS}{}",
         SAVE_BODY.replace(
             "{{RETURN}}",
-            "return {1, previous, current, redis.call('HGETALL', key)}"
+            "return {1, previous, current, redis.call('HGET', key, 'm:v')}"
         )
     ))
 });
