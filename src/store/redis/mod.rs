@@ -480,6 +480,14 @@ impl RedisStore {
         Ok(conn)
     }
 
+    /// The connection in `slot`, taken on first use.
+    async fn lazy_conn<'a>(&self, slot: &'a mut Option<Conn>) -> Result<&'a mut Conn, StoreError> {
+        if slot.is_none() {
+            *slot = Some(self.conn().await?);
+        }
+        Ok(slot.as_mut().expect("just filled"))
+    }
+
     /// Runs a script on one key; for a `durable` write, `WAIT`s for the replica
     /// acks in the same pipeline (so on Cluster it reaches the node that took the
     /// write) and fails if too few replicas confirmed.
@@ -670,9 +678,13 @@ impl SessionStore for RedisStore {
 
     async fn save(&self, key: &StorageKey, changes: &ChangeSet) -> Result<SaveOutcome, StoreError> {
         self.bounded(1, async {
-            let mut conn = self.conn().await?;
+            // A pool connection is only needed for the user index (and for the
+            // save itself without write-through): anonymous sessions with the
+            // near cache never touch the pool.
+            let mut pool = None;
             if let UserChange::Set(user) = changes.user() {
-                self.index_add(&mut conn, user, key, changes.expires_at())
+                let conn = self.lazy_conn(&mut pool).await?;
+                self.index_add(conn, user, key, changes.expires_at())
                     .await?;
             }
             let args = |cmd: &mut Cmd| {
@@ -693,14 +705,9 @@ impl SessionStore for RedisStore {
             let (applied, previous, current) = match self.write_through() {
                 Some(near) => self.save_near(near, key, changes, args).await?,
                 None => {
+                    let conn = self.lazy_conn(&mut pool).await?;
                     let reply: (i64, Option<String>, Option<String>) = self
-                        .eval(
-                            &mut conn,
-                            &scripts::SAVE,
-                            &self.session_key(key),
-                            args,
-                            true,
-                        )
+                        .eval(conn, &scripts::SAVE, &self.session_key(key), args, true)
                         .await?;
                     self.evict(key);
                     reply
@@ -708,7 +715,8 @@ impl SessionStore for RedisStore {
             };
             if applied == 0 {
                 if let UserChange::Set(user) = changes.user() {
-                    self.index_remove(&mut conn, user, &[key]).await?;
+                    let conn = self.lazy_conn(&mut pool).await?;
+                    self.index_remove(conn, user, &[key]).await?;
                 }
                 return Ok(SaveOutcome::Gone);
             }
@@ -716,12 +724,14 @@ impl SessionStore for RedisStore {
                 .as_deref()
                 .filter(|p| Some(*p) != current.as_deref())
             {
-                self.index_remove(&mut conn, previous, &[key]).await?;
+                let conn = self.lazy_conn(&mut pool).await?;
+                self.index_remove(conn, previous, &[key]).await?;
             }
             if let (UserChange::Keep, Some(current)) = (changes.user(), &current) {
                 // Keeps the entry's score (and the index's TTL) in step with the
                 // session's new expiry.
-                self.index_add(&mut conn, current, key, changes.expires_at())
+                let conn = self.lazy_conn(&mut pool).await?;
+                self.index_add(conn, current, key, changes.expires_at())
                     .await?;
             }
             Ok(SaveOutcome::Applied)

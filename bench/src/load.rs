@@ -1,0 +1,200 @@
+//! The load generator: keep-alive HTTP/1.1 connections, each a virtual user with
+//! its own session, sending requests back to back until the deadline.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+
+use crate::redis_server::RedisStats;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Scenario {
+    ReadOnly,
+    WriteEvery,
+    NewSession,
+    Mixed,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 4] = [Self::ReadOnly, Self::WriteEvery, Self::NewSession, Self::Mixed];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ReadOnly => "read-only",
+            Self::WriteEvery => "write every request",
+            Self::NewSession => "new session per request",
+            Self::Mixed => "mixed 90% read/10% write",
+        }
+    }
+
+    /// The path of the `n`th request of a virtual user.
+    fn path(self, n: u64) -> &'static str {
+        match self {
+            Self::ReadOnly => "/read",
+            Self::WriteEvery => "/write",
+            Self::NewSession => "/new",
+            Self::Mixed if n % 10 == 9 => "/write",
+            Self::Mixed => "/read",
+        }
+    }
+}
+
+/// One measurement.
+pub struct Measured {
+    pub requests: u64,
+    pub elapsed: Duration,
+    /// Microseconds per request.
+    pub latencies: Vec<u32>,
+}
+
+/// Everything measured for one row and scenario, over all rounds.
+#[derive(Default)]
+pub struct Totals {
+    /// Commands clients sent Redis per request, from the accounting pass.
+    pub round_trips: Option<f64>,
+    requests: u64,
+    elapsed: Duration,
+    latencies: Vec<u32>,
+    redis: RedisStats,
+    sorted: bool,
+}
+
+impl Totals {
+    pub fn add(&mut self, measured: Measured, redis: RedisStats) {
+        self.requests += measured.requests;
+        self.elapsed += measured.elapsed;
+        self.latencies.extend(measured.latencies);
+        self.redis.commands += redis.commands;
+        self.redis.bytes += redis.bytes;
+        self.sorted = false;
+    }
+
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        let index = ((sorted.len() as f64 * p) as usize).min(sorted.len() - 1);
+        f64::from(sorted[index]) / 1000.0
+    }
+
+    pub fn redis_commands_per_request(&self) -> f64 {
+        self.redis.commands as f64 / self.requests.max(1) as f64
+    }
+
+    pub fn redis_bytes_per_request(&self) -> f64 {
+        self.redis.bytes as f64 / self.requests.max(1) as f64
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(address: SocketAddr) -> Sender {
+    let stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("http/1.1 handshake");
+    tokio::spawn(connection);
+    sender
+}
+
+/// Sends one GET; returns the `name=value` of any Set-Cookie.
+async fn get(sender: &mut Sender, path: &str, cookie: Option<&str>) -> Option<String> {
+    sender.ready().await.expect("connection ready");
+    let mut request = Request::get(path).header("host", "bench");
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    let response = sender
+        .send_request(request.body(Empty::new()).unwrap())
+        .await
+        .expect("response");
+    assert!(response.status().is_success(), "{path}: {}", response.status());
+    let set_cookie = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned);
+    response.into_body().collect().await.expect("body");
+    set_cookie
+}
+
+/// Sends `requests` requests of `scenario` one after another on one connection
+/// (its session set up first, outside the count when the scenario has one).
+pub async fn sequential(address: SocketAddr, scenario: Scenario, requests: u64) -> SessionSetup {
+    let mut sender = connect(address).await;
+    let cookie = match scenario {
+        Scenario::NewSession => None,
+        _ => get(&mut sender, "/write", None).await,
+    };
+    SessionSetup { sender, cookie, scenario, requests }
+}
+
+/// A virtual user ready to send its counted requests.
+pub struct SessionSetup {
+    sender: Sender,
+    cookie: Option<String>,
+    scenario: Scenario,
+    requests: u64,
+}
+
+impl SessionSetup {
+    pub async fn run(mut self) {
+        for n in 0..self.requests {
+            get(&mut self.sender, self.scenario.path(n), self.cookie.as_deref()).await;
+        }
+    }
+}
+
+/// Drives `connections` virtual users against `address` for `duration`.
+pub async fn drive(address: SocketAddr, scenario: Scenario, connections: usize, duration: Duration) -> Measured {
+    // Sessions are set up before the clock starts.
+    let mut users = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let mut sender = connect(address).await;
+        let cookie = match scenario {
+            Scenario::NewSession => None,
+            _ => get(&mut sender, "/write", None).await,
+        };
+        users.push((sender, cookie));
+    }
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = users
+        .into_iter()
+        .map(|(mut sender, cookie)| {
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(16 * 1024);
+                let mut n = 0u64;
+                // Bounded by the deadline (and, as a backstop, a request count).
+                while Instant::now() < deadline && n < 50_000_000 {
+                    let sent = Instant::now();
+                    get(&mut sender, scenario.path(n), cookie.as_deref()).await;
+                    latencies.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                    n += 1;
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.expect("virtual user"));
+    }
+    Measured {
+        requests: latencies.len() as u64,
+        elapsed: started.elapsed(),
+        latencies,
+    }
+}
