@@ -201,6 +201,19 @@ async fn losing_the_tracking_connection_empties_the_cache() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(store.near_cache_stats().unwrap().flushes >= 1);
+    // The old invalidation subscriber was closed, not leaked.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let subscribers = server.cli(&["CLIENT", "LIST", "TYPE", "pubsub"]).unwrap();
+        if subscribers.lines().filter(|l| !l.trim().is_empty()).count() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "subscribers left behind:\n{subscribers}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

@@ -129,6 +129,9 @@ struct Cache {
     /// from it but not yet parsed.
     invalidations: Option<Arc<TcpStream>>,
     unparsed: Vec<u8>,
+    /// Stops the task that reads the current invalidation connection, which
+    /// otherwise would wait on a subscribed socket that may never speak again.
+    stop_reader: Option<Arc<tokio::sync::Notify>>,
     next_generation: u64,
     entries: HashMap<String, Entry>,
     stripes: Box<[u64]>,
@@ -171,6 +174,9 @@ impl Cache {
         self.conn = None;
         self.invalidations = None;
         self.unparsed.clear();
+        if let Some(stop) = self.stop_reader.take() {
+            stop.notify_one();
+        }
     }
 
     /// Applies every invalidation that has reached this machine, without
@@ -288,6 +294,14 @@ pub(super) struct Tracker {
     connecting: tokio::sync::Mutex<()>,
 }
 
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.cache().stop_reader.take() {
+            stop.notify_one();
+        }
+    }
+}
+
 impl Tracker {
     pub fn new(target: &Target, settings: NearCache) -> Result<Self, StoreError> {
         let source = match target {
@@ -323,6 +337,7 @@ impl Tracker {
                 conn: None,
                 invalidations: None,
                 unparsed: Vec::new(),
+                stop_reader: None,
                 next_generation: 1,
                 entries: HashMap::new(),
                 stripes: vec![0; STRIPES].into_boxed_slice(),
@@ -503,20 +518,25 @@ impl Tracker {
             .await
             .map_err(map_redis_error)?;
         let socket = Arc::new(socket);
+        let stop = Arc::new(tokio::sync::Notify::new());
         {
             let mut cache = self.cache();
             cache.flush();
             cache.conn = Some((generation, conn.clone()));
             cache.invalidations = Some(socket.clone());
             cache.unparsed.clear();
+            if let Some(previous) = cache.stop_reader.replace(stop.clone()) {
+                previous.notify_one();
+            }
         }
         // Applies invalidations as they arrive even while no request looks, so
         // the cache lets go of changed sessions promptly.
         let shared = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
             loop {
-                if socket.readable().await.is_err() {
-                    break;
+                tokio::select! {
+                    readable = socket.readable() => if readable.is_err() { break },
+                    () = stop.notified() => break,
                 }
                 let Some(shared) = shared.upgrade() else {
                     break;
