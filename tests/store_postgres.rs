@@ -10,22 +10,16 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::Path;
-use axum::http::{Request, StatusCode, header};
-use axum::routing::{get, post, put};
+use axum::http::StatusCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http_body_util::BodyExt as _;
 use sha2::{Digest, Sha256};
 use sqlx::{AssertSqlSafe, PgPool};
-use tower::ServiceExt as _;
 use unstuck::{
-    ChangeSet, Key, PostgresStore, Record, SaveOutcome, Session, SessionId, SessionLayer,
-    SessionStore, StorageKey, StoreError,
+    ChangeSet, PostgresStore, Record, SaveOutcome, SessionId, SessionStore, StorageKey, StoreError,
 };
 
+use common::app::{app, id_text, send};
 use common::postgres_server::{self, PgServer, random_tag, shared};
 
 common::conformance::store_conformance!(postgres_server::store().await);
@@ -313,7 +307,7 @@ async fn connect_to_an_unreachable_database_fails_fast_with_unavailable() {
 async fn outage_fails_fast_with_unavailable_and_recovers_without_rebuilding_the_store() {
     let server = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
     let store = PostgresStore::connect(&server.url()).await.unwrap();
-    let app = app(store.clone(), test_key());
+    let app = app(store.clone());
     let (status, cookie, _) = send(&app, "PUT", "/kv/a", None, "1").await;
     assert_eq!(status, StatusCode::OK);
     let cookie = cookie.expect("no session cookie");
@@ -372,92 +366,10 @@ async fn outage_fails_fast_with_unavailable_and_recovers_without_rebuilding_the_
 
 // ---------------------------------------------------------------- through the layer
 
-fn test_key() -> Key {
-    Key::derive_from(b"a test secret that is at least thirty-two bytes long").unwrap()
-}
-
-fn app(store: PostgresStore, key: Key) -> Router {
-    async fn put_kv(
-        session: Session,
-        Path(name): Path<String>,
-        body: String,
-    ) -> Result<&'static str, unstuck::Error> {
-        let value: serde_json::Value = serde_json::from_str(&body).expect("test sends JSON");
-        session.insert(&name, &value)?;
-        Ok("ok")
-    }
-    async fn get_kv(
-        session: Session,
-        Path(name): Path<String>,
-    ) -> Result<(StatusCode, String), unstuck::Error> {
-        Ok(match session.get::<serde_json::Value>(&name)? {
-            Some(value) => (StatusCode::OK, value.to_string()),
-            None => (StatusCode::NOT_FOUND, String::new()),
-        })
-    }
-    async fn all(session: Session) -> Result<String, unstuck::Error> {
-        let mut object = serde_json::Map::new();
-        for name in session.keys() {
-            let value: serde_json::Value = session.get(&name)?.unwrap_or_default();
-            object.insert(name, value);
-        }
-        Ok(serde_json::Value::Object(object).to_string())
-    }
-    async fn login(session: Session, user: String) -> &'static str {
-        session.cycle_id();
-        session.set_user(user);
-        "ok"
-    }
-    async fn logout(session: Session) -> &'static str {
-        session.destroy();
-        "ok"
-    }
-    Router::new()
-        .route("/kv/{name}", put(put_kv).get(get_kv))
-        .route("/session", get(all))
-        .route("/login", post(login))
-        .route("/logout", post(logout))
-        .route("/health", get(|| async { "up" }))
-        .layer(SessionLayer::new(store).with_keys([key]))
-}
-
-/// Sends one request; returns the status, the `name=value` of a session cookie
-/// the response set (if any), and the body.
-async fn send(
-    app: &Router,
-    method: &str,
-    uri: &str,
-    cookie: Option<&str>,
-    body: &str,
-) -> (StatusCode, Option<String>, String) {
-    let mut request = Request::builder().method(method).uri(uri);
-    if let Some(cookie) = cookie {
-        request = request.header(header::COOKIE, cookie);
-    }
-    let response = app
-        .clone()
-        .oneshot(request.body(Body::from(body.to_owned())).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let cookie = response
-        .headers()
-        .get(header::SET_COOKIE)
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, cookie, String::from_utf8(body.to_vec()).unwrap())
-}
-
-/// The session ID in a `name=value` cookie: the last 43 characters of the
-/// signed value.
-fn id_text(cookie: &str) -> &str {
-    &cookie[cookie.len() - 43..]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_changing_different_keys_all_persist() {
     const REQUESTS: usize = 24;
-    let app = app(postgres_server::store().await, test_key());
+    let app = app(postgres_server::store().await);
     let (status, cookie, _) = send(&app, "PUT", "/kv/start", None, "0").await;
     assert_eq!(status, StatusCode::OK);
     let cookie = Arc::new(cookie.expect("no session cookie"));
@@ -491,8 +403,8 @@ async fn concurrent_requests_changing_different_keys_all_persist() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_with_their_own_stores_serve_one_session() {
-    let a = app(postgres_server::store().await, test_key());
-    let b = app(postgres_server::store().await, test_key());
+    let a = app(postgres_server::store().await);
+    let b = app(postgres_server::store().await);
 
     let (_, cookie, _) = send(&a, "PUT", "/kv/a", None, "1").await;
     let cookie = cookie.expect("no session cookie");
@@ -556,7 +468,7 @@ async fn session_ids_never_appear_in_the_table() {
     let table = format!("ids_{}", random_tag());
     let store = postgres_server::store().await.with_table(&table).unwrap();
     let pool = store.pool().clone();
-    let app = app(store, test_key());
+    let app = app(store);
     let mut ids = Vec::new();
     let mut live = Vec::new();
     for i in 0..5 {

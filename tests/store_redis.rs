@@ -6,17 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::Path;
-use axum::routing::{get, post, put};
-use http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
-use unstuck::{
-    Key, Record, RedisStore, Session, SessionId, SessionLayer, SessionStore, StoreError,
-};
+use http::StatusCode;
+use unstuck::{Record, RedisStore, SessionId, SessionStore, StoreError};
 
+use common::app::{Client, app as instance};
 use common::redis_server::{self, RedisServer};
 
 mod standalone {
@@ -65,88 +58,6 @@ async fn store_with_prefix(prefix: &str) -> RedisStore {
         .await
         .unwrap()
         .with_prefix(prefix)
-}
-
-async fn counter(session: Session) -> Result<String, unstuck::Error> {
-    let n: u64 = session.get("count")?.unwrap_or(0) + 1;
-    session.insert("count", n)?;
-    Ok(n.to_string())
-}
-
-async fn put_value(
-    session: Session,
-    Path(key): Path<String>,
-    body: String,
-) -> Result<(), unstuck::Error> {
-    session.insert(&key, &body)
-}
-
-async fn all_values(session: Session) -> Result<String, unstuck::Error> {
-    let mut data = serde_json::Map::new();
-    for key in session.keys() {
-        let value: serde_json::Value = session.get(&key)?.unwrap_or_default();
-        data.insert(key, value);
-    }
-    Ok(serde_json::Value::Object(data).to_string())
-}
-
-async fn login(session: Session, user: String) {
-    session.cycle_id();
-    session.set_user(user);
-}
-
-/// One application instance: its own layer and its own store, sharing the
-/// cookie key with its siblings as instances behind one load balancer do.
-fn instance(store: RedisStore) -> Router {
-    let key = Key::derive_from(b"a shared secret of at least thirty-two bytes").unwrap();
-    Router::new()
-        .route("/counter", get(counter))
-        .route("/kv/{key}", put(put_value))
-        .route("/session", get(all_values))
-        .route("/login", post(login))
-        .layer(SessionLayer::new(store).with_keys([key]))
-}
-
-/// A browser with one cookie, talking to any instance.
-#[derive(Clone, Default)]
-struct Client {
-    cookie: Option<String>,
-}
-
-impl Client {
-    async fn send(
-        &mut self,
-        app: &Router,
-        method: &str,
-        uri: &str,
-        body: &str,
-    ) -> (StatusCode, String) {
-        let mut request = Request::builder().method(method).uri(uri);
-        if let Some(cookie) = &self.cookie {
-            request = request.header(header::COOKIE, cookie);
-        }
-        let response = app
-            .clone()
-            .oneshot(request.body(Body::from(body.to_owned())).unwrap())
-            .await
-            .unwrap();
-        if let Some(set) = response.headers().get(header::SET_COOKIE) {
-            let pair = set.to_str().unwrap().split(';').next().unwrap();
-            self.cookie = Some(pair.to_owned());
-        }
-        let status = response.status();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, String::from_utf8(body.to_vec()).unwrap())
-    }
-
-    /// The session ID in the cookie: the value is a 44-character signature
-    /// followed by the 43-character ID.
-    fn session_id(&self) -> String {
-        let cookie = self.cookie.as_deref().expect("no cookie yet");
-        let value = cookie.split_once('=').unwrap().1;
-        assert_eq!(value.len(), 44 + 43, "unexpected cookie value shape");
-        value[44..].to_owned()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 //! and helpers to reach (or start) real servers.
 #![allow(dead_code, unused_macros, unused_imports)]
 
+pub mod app;
 pub mod conformance;
 pub mod demo;
 pub mod demo_contract;
