@@ -143,6 +143,41 @@ async fn cached_reads_and_write_requests_cost_one_round_trip_at_most() {
 }
 
 #[tokio::test]
+async fn saves_of_a_logged_in_session_cost_one_round_trip() {
+    let server = RedisServer::start();
+    let store = cached(&server, NearCache::new()).await;
+    let now = SystemTime::now();
+    let key = SessionId::generate().storage_key();
+    let record = Record {
+        data: [("count".to_owned(), "0".to_owned())].into(),
+        user: Some("carol".to_owned()),
+        created_at: now,
+        expires_at: now + LONG,
+    };
+    assert!(store.create(&key, &record).await.unwrap());
+    count(&store, &key).await;
+    set_count(&store, &key, 0).await;
+    let (evalsha, zadd) = (calls(&server, "evalsha"), calls(&server, "zadd"));
+    for n in 1..=30 {
+        assert_eq!(count(&store, &key).await, n - 1);
+        set_count(&store, &key, n).await;
+    }
+    assert_eq!(
+        calls(&server, "evalsha"),
+        evalsha + 30,
+        "one script call per save"
+    );
+    assert_eq!(
+        calls(&server, "zadd"),
+        zadd,
+        "the index entry was re-scored needlessly"
+    );
+    let listed = store.user_sessions("carol").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].key, key);
+}
+
+#[tokio::test]
 async fn a_change_by_another_client_invalidates_the_cached_session() {
     let server = RedisServer::start();
     let store = cached(&server, NearCache::new()).await;

@@ -149,7 +149,7 @@ async fn no_session_id_or_user_name_reaches_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_index_expires_with_its_latest_session() {
+async fn user_index_expires_one_lifetime_after_its_latest_session() {
     let prefix = unique_prefix();
     let store = store_with_prefix(&prefix).await;
     let now = now();
@@ -180,10 +180,13 @@ async fn user_index_expires_with_its_latest_session() {
         .trim()
         .parse()
         .unwrap();
-    // Without a TTL an index outlives its sessions and grows forever.
+    // Without a TTL an index outlives its sessions and grows forever. Entries
+    // are scored a lifetime past their session's expiry (so that sliding
+    // expiry rarely has to re-score them): the latest session expires in
+    // 300 s, so the index goes 600 s from now.
     assert!(
-        (295_000..=300_000).contains(&ttl_ms),
-        "index TTL {ttl_ms} ms should follow the latest session (300 s)"
+        (590_000..=600_000).contains(&ttl_ms),
+        "index TTL {ttl_ms} ms should be one lifetime past the latest session (600 s)"
     );
 }
 
@@ -278,4 +281,36 @@ async fn outage_fails_fast_and_the_same_store_recovers_after_restart() {
         }
     }
     assert_eq!(store.load(&key).await.unwrap(), Some(record));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_outliving_its_index_score_is_rescored_and_stays_listed() {
+    let prefix = unique_prefix();
+    let store = store_with_prefix(&prefix).await;
+    let user = format!("dana-{prefix}");
+    let key = SessionId::generate().storage_key();
+    let now = now();
+    // Indexed to expire a second from now (half a second of life, plus as
+    // long again)...
+    let record = Record {
+        data: Default::default(),
+        user: Some(user.clone()),
+        created_at: now,
+        expires_at: now + Duration::from_millis(500),
+    };
+    assert!(store.create(&key, &record).await.unwrap());
+    // ...then kept alive far longer by a save.
+    let changes = unstuck::ChangeSet::new(now + Duration::from_secs(600));
+    assert_eq!(
+        store.save(&key, &changes).await.unwrap(),
+        unstuck::SaveOutcome::Applied
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let listed = store.user_sessions(&user).await.unwrap();
+    assert_eq!(
+        listed.len(),
+        1,
+        "the index entry was trimmed under a live session"
+    );
+    assert_eq!(store.delete_user_sessions(&user).await.unwrap(), 1);
 }

@@ -40,6 +40,7 @@ const CREATED: &str = "m:created";
 const EXPIRES: &str = "m:expires";
 const USER: &str = "m:user";
 const VERSION: &str = "m:v";
+const INDEX_SCORE: &str = "m:iscore";
 const DATA: &str = "d:";
 
 /// Applies the store's connection timeouts to a deadpool builder (a macro: the
@@ -404,18 +405,16 @@ impl RedisStore {
         key: &StorageKey,
         changes: &ChangeSet,
         args: impl Fn(&mut Cmd),
-    ) -> Result<(i64, Option<String>, Option<String>), StoreError> {
+    ) -> Result<SaveReply, StoreError> {
         let redis_key = self.session_key(key);
         let (generation, mut conn) = near.connection().await?;
         let ticket = near.ticket(&redis_key, generation);
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(scripts::SAVE_TRACKED.get_hash())
-            .arg(1)
-            .arg(&redis_key);
+        cmd.arg(scripts::SAVE.get_hash()).arg(1).arg(&redis_key);
         args(&mut cmd);
         let reply: Result<Vec<Value>, _> = match cmd.query_async(&mut conn).await {
             Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                scripts::SAVE_TRACKED
+                scripts::SAVE
                     .load_async(&mut conn)
                     .await
                     .map_err(|error| near_failure(near, generation, error))?;
@@ -423,22 +422,13 @@ impl RedisStore {
             }
             other => other,
         };
-        // A session that is gone gives three elements, an applied save four.
-        let mut reply = reply
-            .map_err(|error| near_failure(near, generation, error))?
-            .into_iter();
-        let mut next = || reply.next().unwrap_or(Value::Nil);
-        let applied: i64 = redis::from_redis_value(next()).map_err(StoreError::backend)?;
-        let previous: Option<String> =
-            redis::from_redis_value(next()).map_err(StoreError::backend)?;
-        let current: Option<String> =
-            redis::from_redis_value(next()).map_err(StoreError::backend)?;
-        let version: Option<u64> = redis::from_redis_value(next()).map_err(StoreError::backend)?;
-        match version.filter(|_| applied == 1) {
+        let reply =
+            SaveReply::parse(reply.map_err(|error| near_failure(near, generation, error))?)?;
+        match reply.version.filter(|_| reply.applied == 1) {
             Some(version) => near.apply(&ticket, &redis_key, changes, version),
             None => near.evict(&redis_key),
         }
-        Ok((applied, previous, current))
+        Ok(reply)
     }
 
     fn session_key(&self, key: &StorageKey) -> String {
@@ -545,12 +535,14 @@ impl RedisStore {
         redis::from_redis_value(result).map_err(StoreError::backend)
     }
 
+    /// Adds or re-scores `key` in `user`'s index with `score` (see
+    /// [`index_score`]).
     async fn index_add(
         &self,
         conn: &mut Conn,
         user: &str,
         key: &StorageKey,
-        expires_at: SystemTime,
+        score: u64,
     ) -> Result<(), StoreError> {
         let now = millis(SystemTime::now());
         self.eval::<i64>(
@@ -558,7 +550,7 @@ impl RedisStore {
             &scripts::INDEX_ADD,
             &self.index_key(user),
             |cmd| {
-                cmd.arg(now).arg(millis(expires_at)).arg(key.as_str());
+                cmd.arg(now).arg(score).arg(key.as_str());
             },
             false,
         )
@@ -610,11 +602,14 @@ impl RedisStore {
             .collect())
     }
 
+    /// Creates the hash; `index_score` is what the user index entry was given
+    /// (ignored without a user).
     async fn create_record(
         &self,
         conn: &mut Conn,
         key: &StorageKey,
         record: &Record,
+        index_score: u64,
     ) -> Result<bool, StoreError> {
         let created: i64 = self
             .eval(
@@ -627,6 +622,7 @@ impl RedisStore {
                     cmd.arg(EXPIRES).arg(millis(record.expires_at));
                     if let Some(user) = &record.user {
                         cmd.arg(USER).arg(user);
+                        cmd.arg(INDEX_SCORE).arg(index_score);
                     }
                     for (name, json) in &record.data {
                         cmd.arg(format!("{DATA}{name}")).arg(json);
@@ -667,25 +663,29 @@ impl SessionStore for RedisStore {
             // Index first: if the session write then fails, the index holds a
             // stale entry (skipped by listings) rather than missing a live
             // session that "log out everywhere" would then not find.
+            let score = index_score(record.expires_at);
             if let Some(user) = &record.user {
-                self.index_add(&mut conn, user, key, record.expires_at)
-                    .await?;
+                self.index_add(&mut conn, user, key, score).await?;
             }
-            self.create_record(&mut conn, key, record).await
+            self.create_record(&mut conn, key, record, score).await
         })
         .await
     }
 
+    /// A save is one script call. A session with a user costs more only when
+    /// its user index entry must move: at login, when the user changes, and
+    /// when the session outlives the entry's score, which [`index_score`] sets
+    /// well ahead of the session's expiry so that sliding expiry rarely needs it.
     async fn save(&self, key: &StorageKey, changes: &ChangeSet) -> Result<SaveOutcome, StoreError> {
         self.bounded(1, async {
             // A pool connection is only needed for the user index (and for the
-            // save itself without write-through): anonymous sessions with the
-            // near cache never touch the pool.
+            // save itself without write-through): most saves with the near
+            // cache never touch the pool.
             let mut pool = None;
+            let score = index_score(changes.expires_at());
             if let UserChange::Set(user) = changes.user() {
                 let conn = self.lazy_conn(&mut pool).await?;
-                self.index_add(conn, user, key, changes.expires_at())
-                    .await?;
+                self.index_add(conn, user, key, score).await?;
             }
             let args = |cmd: &mut Cmd| {
                 cmd.arg(millis(changes.expires_at()));
@@ -694,6 +694,7 @@ impl SessionStore for RedisStore {
                     UserChange::Set(user) => cmd.arg("s").arg(user),
                     UserChange::Clear => cmd.arg("c").arg(""),
                 };
+                cmd.arg(score);
                 cmd.arg(changes.removed().len());
                 for name in changes.removed() {
                     cmd.arg(format!("{DATA}{name}"));
@@ -702,37 +703,47 @@ impl SessionStore for RedisStore {
                     cmd.arg(format!("{DATA}{name}")).arg(json);
                 }
             };
-            let (applied, previous, current) = match self.write_through() {
+            let reply = match self.write_through() {
                 Some(near) => self.save_near(near, key, changes, args).await?,
                 None => {
                     let conn = self.lazy_conn(&mut pool).await?;
-                    let reply: (i64, Option<String>, Option<String>) = self
+                    let reply: Vec<Value> = self
                         .eval(conn, &scripts::SAVE, &self.session_key(key), args, true)
                         .await?;
                     self.evict(key);
-                    reply
+                    SaveReply::parse(reply)?
                 }
             };
-            if applied == 0 {
+            if reply.applied == 0 {
                 if let UserChange::Set(user) = changes.user() {
                     let conn = self.lazy_conn(&mut pool).await?;
                     self.index_remove(conn, user, &[key]).await?;
                 }
                 return Ok(SaveOutcome::Gone);
             }
-            if let Some(previous) = previous
+            if let Some(previous) = reply
+                .previous
                 .as_deref()
-                .filter(|p| Some(*p) != current.as_deref())
+                .filter(|p| Some(*p) != reply.current.as_deref())
             {
                 let conn = self.lazy_conn(&mut pool).await?;
                 self.index_remove(conn, previous, &[key]).await?;
             }
-            if let (UserChange::Keep, Some(current)) = (changes.user(), &current) {
-                // Keeps the entry's score (and the index's TTL) in step with the
-                // session's new expiry.
+            if let (true, Some(current)) = (reply.rescore, &reply.current) {
+                // Index first, then the record of it: if this stops halfway,
+                // the next save sees the old score and re-scores again.
                 let conn = self.lazy_conn(&mut pool).await?;
-                self.index_add(conn, current, key, changes.expires_at())
-                    .await?;
+                self.index_add(conn, current, key, score).await?;
+                self.eval::<i64>(
+                    conn,
+                    &scripts::SET_INDEX_SCORE,
+                    &self.session_key(key),
+                    |cmd| {
+                        cmd.arg(score);
+                    },
+                    false,
+                )
+                .await?;
             }
             Ok(SaveOutcome::Applied)
         })
@@ -776,14 +787,14 @@ impl SessionStore for RedisStore {
             let original = decode(fields)?;
             let mut record = original.clone();
             changes.apply_to(&mut record);
+            let score = index_score(record.expires_at);
             if let Some(user) = &record.user {
-                self.index_add(&mut conn, user, to, record.expires_at)
-                    .await?;
+                self.index_add(&mut conn, user, to, score).await?;
             }
-            if !self.create_record(&mut conn, to, &record).await? {
+            if !self.create_record(&mut conn, to, &record, score).await? {
                 // Only a racing create of the same fresh key gets here: put the
                 // session back rather than lose it.
-                self.create_record(&mut conn, from, &original).await?;
+                self.create_record(&mut conn, from, &original, 0).await?;
                 return Err(StoreError::backend("rotation target key is already taken"));
             }
             if let Some(user) = &original.user {
@@ -903,6 +914,47 @@ impl SessionStore for RedisStore {
         }
         Ok(deleted.len() as u64)
     }
+}
+
+/// What the save script answered.
+struct SaveReply {
+    applied: i64,
+    previous: Option<String>,
+    current: Option<String>,
+    version: Option<u64>,
+    rescore: bool,
+}
+
+impl SaveReply {
+    /// A session that is gone gives three elements, an applied save five.
+    fn parse(reply: Vec<Value>) -> Result<Self, StoreError> {
+        let mut reply = reply.into_iter();
+        let mut next = || reply.next().unwrap_or(Value::Nil);
+        Ok(Self {
+            applied: field(next())?,
+            previous: field(next())?,
+            current: field(next())?,
+            version: field(next())?,
+            rescore: field::<Option<i64>>(next())? == Some(1),
+        })
+    }
+}
+
+fn field<T: FromRedisValue>(value: Value) -> Result<T, StoreError> {
+    redis::from_redis_value(value).map_err(StoreError::backend)
+}
+
+/// The score a session's user index entry gets when it is written: the
+/// session's expiry plus as long again as it has left to live. Entries are
+/// trimmed only once their score has passed, so the score must never fall
+/// behind the session's expiry (or "log out everywhere" would miss it); keeping
+/// it ahead by a whole lifetime means a session with sliding expiry re-scores
+/// its entry about once per idle period rather than on every save, and an
+/// entry outlives its session by at most one lifetime.
+fn index_score(expires_at: SystemTime) -> u64 {
+    let expires = millis(expires_at);
+    let now = millis(SystemTime::now());
+    expires.saturating_add(expires.saturating_sub(now))
 }
 
 /// Rebuilds a record and its version (`m:v`, 0 for hashes written before

@@ -40,56 +40,58 @@ return 1
     ))
 });
 
-/// The body shared by [`SAVE`] and [`SAVE_TRACKED`]; `{{RETURN}}` is their
-/// last line. Every applied save bumps the session's version `m:v`, which orders
-/// replies for the near cache.
-const SAVE_BODY: &str = r"
+/// `KEYS[1]` session hash; `ARGV[1]` new expiry (ms); `ARGV[2]` user change
+/// (`k`eep, `s`et, `c`lear); `ARGV[3]` new user (for `s`); `ARGV[4]` the user
+/// index score the caller gave (for `s`) or would give (for `k`) this session;
+/// `ARGV[5]` number of removed fields, then those fields, then field/value pairs
+/// to set. Every applied save bumps the session's version `m:v`.
+///
+/// Returns `{1, previous user, current user, version, rescore}`, where `rescore`
+/// is 1 when the session's user index entry (score recorded in `m:iscore`) would
+/// expire before the session now does; a missing key gives `{0, nil, nil}` and
+/// is left missing, so a late save cannot resurrect a session.
+///
+/// The final read of `m:v` also makes Redis track the key again for the calling
+/// connection: a write drops a key from Redis's tracking table, even for the
+/// `NOLOOP` connection of the near cache that made it, and without this read
+/// the near cache would miss later invalidations.
+pub(super) static SAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{HELPERS}
 local key = KEYS[1]
-if redis.call('EXISTS', key) == 0 then return {0, false, false} end
+if redis.call('EXISTS', key) == 0 then return {{0, false, false}} end
 local previous = redis.call('HGET', key, 'm:user')
-local removed_last = 4 + tonumber(ARGV[4])
-each_chunk(5, removed_last, 1000, function(i, j) redis.call('HDEL', key, unpack(ARGV, i, j)) end)
+local removed_last = 5 + tonumber(ARGV[5])
+each_chunk(6, removed_last, 1000, function(i, j) redis.call('HDEL', key, unpack(ARGV, i, j)) end)
 each_chunk(removed_last + 1, #ARGV, 1000, function(i, j) redis.call('HSET', key, unpack(ARGV, i, j)) end)
 local current = previous
+local rescore = 0
 if ARGV[2] == 's' then
-  redis.call('HSET', key, 'm:user', ARGV[3])
+  redis.call('HSET', key, 'm:user', ARGV[3], 'm:iscore', ARGV[4])
   current = ARGV[3]
 elseif ARGV[2] == 'c' then
-  redis.call('HDEL', key, 'm:user')
+  redis.call('HDEL', key, 'm:user', 'm:iscore')
   current = false
+elseif current and tonumber(ARGV[1]) > tonumber(redis.call('HGET', key, 'm:iscore') or '0') then
+  rescore = 1
 end
 redis.call('HSET', key, 'm:expires', ARGV[1])
 redis.call('HINCRBY', key, 'm:v', 1)
 redis.call('PEXPIREAT', key, ARGV[1])
-{{RETURN}}
-";
-
-/// `KEYS[1]` session hash; `ARGV[1]` new expiry (ms); `ARGV[2]` user change
-/// (`k`eep, `s`et, `c`lear); `ARGV[3]` new user (for `s`); `ARGV[4]` number of
-/// removed fields, then those fields, then field/value pairs to set.
-///
-/// Returns `{applied, previous user, current user}`; a missing key gives
-/// `{0, nil, nil}` and is left missing, so a late save cannot resurrect a session.
-pub(super) static SAVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "{HELPERS}{}",
-        SAVE_BODY.replace("{{RETURN}}", "return {1, previous, current}")
+return {{1, previous, current, redis.call('HGET', key, 'm:v'), rescore}}
+"
     ))
 });
 
-/// [`SAVE`], returning the session's new version (`m:v`) as a fourth element.
-/// That final read also makes Redis track the key again for the calling
-/// connection: a write drops a key from Redis's tracking table, even for the
-/// `NOLOOP` connection that made it, and without this read the near cache would
-/// miss later invalidations.
-pub(super) static SAVE_TRACKED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "{HELPERS}{}",
-        SAVE_BODY.replace(
-            "{{RETURN}}",
-            "return {1, previous, current, redis.call('HGET', key, 'm:v')}"
-        )
-    ))
+/// `KEYS[1]` session hash; `ARGV[1]` score. Records the score the session's
+/// user index entry now has, unless the session is gone (never recreating it).
+pub(super) static SET_INDEX_SCORE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'm:iscore', ARGV[1]) end
+return 1
+",
+    )
 });
 
 /// `KEYS[1]` session hash. Reads the whole hash and deletes it in one step:
