@@ -82,3 +82,55 @@ async fn no_session_id_reaches_redis_through_the_demo() {
         }
     }
 }
+
+/// Many clients at once, each with its own session, spread over three demo
+/// instances (two with the near cache, one without) on one Redis: every
+/// counter ends exact, and every client saw only its own session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_of_concurrent_clients_across_instances_loses_nothing() {
+    const CLIENTS: usize = 60;
+    const REQUESTS: u64 = 50;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let secret = (
+        "UNSTUCK_SECRET",
+        "a soak secret that is long enough for a key",
+    );
+    let instances = [
+        Demo::start(&[("UNSTUCK_STORE", &url), ("UNSTUCK_NEAR_CACHE", "1"), secret]),
+        Demo::start(&[("UNSTUCK_STORE", &url), ("UNSTUCK_NEAR_CACHE", "1"), secret]),
+        Demo::start(&[("UNSTUCK_STORE", &url), secret]),
+    ];
+    let bases: Vec<String> = instances.iter().map(|d| d.base.clone()).collect();
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let bases = bases.clone();
+            tokio::spawn(async move {
+                let mut client = common::demo::Client::new(&bases[c % bases.len()]);
+                let tag = format!("client-{c}");
+                client.put("/kv/owner", serde_json::json!(tag)).await;
+                for n in 1..=REQUESTS {
+                    client.base = bases[(c + n as usize) % bases.len()].clone();
+                    let reply = client.get("/counter").await;
+                    assert_eq!(reply.status, 200, "{reply:?}");
+                    assert_eq!(reply.body["count"], n, "client {c} lost an increment");
+                    let owner = client.get("/kv/owner").await;
+                    assert_eq!(
+                        owner.body["value"],
+                        serde_json::json!(tag),
+                        "sessions crossed"
+                    );
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let requests = CLIENTS as u64 * (2 * REQUESTS + 1);
+    eprintln!(
+        "soak: {requests} requests from {CLIENTS} clients over 3 instances in {:?}",
+        started.elapsed()
+    );
+}
