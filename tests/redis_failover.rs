@@ -107,3 +107,57 @@ async fn sentinel_failover_keeps_replica_acked_sessions_and_service_resumes() {
         .unwrap_err();
     assert!(matches!(error, StoreError::Backend(_)), "{error:?}");
 }
+
+/// The near cache follows a Sentinel failover: after the primary dies, its
+/// tracking connections are reopened on the promoted replica, and a change
+/// made there afterwards reaches the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_cache_follows_a_sentinel_failover() {
+    let mut setup = SentinelSetup::start();
+    let store = RedisStore::connect(&setup.url())
+        .await
+        .unwrap()
+        .with_replica_acks(1, Duration::from_millis(500))
+        .with_near_cache(unstuck::NearCache::new())
+        .unwrap();
+    let key = SessionId::generate().storage_key();
+    assert!(store.create(&key, &record(7)).await.unwrap());
+    assert_eq!(store.load(&key).await.unwrap().unwrap().data["n"], "7");
+    assert_eq!(store.load(&key).await.unwrap().unwrap().data["n"], "7");
+    assert!(store.near_cache_stats().unwrap().hits >= 1);
+
+    setup.primary.kill();
+    let killed = Instant::now();
+    // Until the promotion, loads fail fast or (from the emptied cache) are
+    // refused; none may serve a value from before the loss as current.
+    let new_primary = loop {
+        match setup.current_primary_port() {
+            Some(port) if port == setup.replica.port() => break port,
+            _ => {
+                assert!(killed.elapsed() < FAILOVER_LIMIT, "no failover");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let redis_key = format!("unstuck:{{{}}}", key.as_str());
+    let mut recovered = false;
+    while killed.elapsed() < FAILOVER_LIMIT {
+        if let Ok(Some(record)) = store.load(&key).await {
+            assert_eq!(record.data["n"], "7", "the acked session survived");
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "no service after the failover");
+    // A change made directly on the new primary reaches the cache.
+    common::redis_server::cli(new_primary, &["HSET", &redis_key, "d:n", "8"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while store.load(&key).await.unwrap().unwrap().data["n"] != "8" {
+        assert!(
+            Instant::now() < deadline,
+            "the cache missed a change after failover"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
