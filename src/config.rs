@@ -11,6 +11,8 @@ pub(crate) struct Config {
     pub timeouts: Timeouts,
     /// The longest any one store call may take before it counts as an outage.
     pub store_timeout: Duration,
+    /// The cookie key was made up at startup rather than configured.
+    pub generated_key: bool,
 }
 
 impl Default for Config {
@@ -19,6 +21,7 @@ impl Default for Config {
             cookie: CookieConfig::default(),
             timeouts: Timeouts::default(),
             store_timeout: Duration::from_secs(5),
+            generated_key: false,
         }
     }
 }

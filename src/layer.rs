@@ -62,6 +62,7 @@ impl SessionLayer {
     pub fn from_arc(store: Arc<dyn SessionStore>) -> Self {
         let mut config = Config::default();
         config.cookie.keys.push(Key::generate());
+        config.generated_key = true;
         Self {
             store,
             config: Arc::new(config),
@@ -83,7 +84,9 @@ impl SessionLayer {
     ///
     /// An empty list is rejected when the layer is applied.
     pub fn with_keys(mut self, keys: impl IntoIterator<Item = Key>) -> Self {
-        self.config().cookie.keys = keys.into_iter().collect();
+        let config = self.config();
+        config.cookie.keys = keys.into_iter().collect();
+        config.generated_key = false;
         self
     }
 
@@ -189,6 +192,13 @@ impl<S> Layer<S> for SessionLayer {
             !t.idle.is_zero() && !t.absolute.is_zero() && !self.config.store_timeout.is_zero(),
             "invalid SessionLayer configuration: timeouts must be greater than zero"
         );
+        if self.config.generated_key {
+            tracing::warn!(
+                "SessionLayer has no configured key: cookies are signed with a random one, \
+                 so sessions end when the process restarts and other instances reject them \
+                 (use SessionLayer::with_keys)"
+            );
+        }
         SessionService {
             inner,
             store: self.store.clone(),
