@@ -122,12 +122,7 @@ async fn no_session_id_or_user_name_reaches_redis() {
     assert_ne!(id, anonymous_id, "login must rotate the ID");
     client.send(&app, "PUT", "/kv/note", "hello").await;
 
-    let port: u16 = redis_server::standalone_url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.split('/').next())
-        .and_then(|p| p.parse().ok())
-        .expect("this check needs a redis://host:port URL");
+    let port = redis_server::standalone_port();
     let dump = redis_server::dump(port, &format!("{prefix}*"));
     let kinds: Vec<&str> = dump.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
@@ -167,12 +162,7 @@ async fn user_index_expires_one_lifetime_after_its_latest_session() {
                 .unwrap()
         );
     }
-    let port: u16 = redis_server::standalone_url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.split('/').next())
-        .and_then(|p| p.parse().ok())
-        .expect("this check needs a redis://host:port URL");
+    let port = redis_server::standalone_port();
     let dump = redis_server::dump(port, &format!("{prefix}user:*"));
     assert_eq!(dump.len(), 1);
     let ttl_ms: u64 = redis_server::cli(port, &["PTTL", &dump[0].0])

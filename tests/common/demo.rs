@@ -193,7 +193,6 @@ impl Client {
 
     /// The session ID as it travels in the cookie (the part after the signature).
     pub fn session_id_text(&self) -> Option<String> {
-        let value = self.cookie.as_ref()?.split_once('=')?.1;
-        Some(value[value.len().saturating_sub(43)..].to_owned())
+        Some(super::app::id_text(self.cookie.as_ref()?).to_owned())
     }
 }

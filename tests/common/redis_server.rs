@@ -29,6 +29,17 @@ pub fn standalone_url() -> String {
 }
 
 /// The shared Sentinel setup's `redis+sentinel://` URL.
+/// The port of the standalone server, for checks that inspect it with
+/// `redis-cli`.
+pub fn standalone_port() -> u16 {
+    standalone_url()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("this check needs a redis://host:port URL")
+}
+
 pub fn sentinel_url() -> String {
     static SETUP: OnceLock<SentinelSetup> = OnceLock::new();
     SETUP.get_or_init(SentinelSetup::start).url()

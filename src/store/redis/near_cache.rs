@@ -164,6 +164,14 @@ impl Cache {
         self.conn.as_ref().map(|(generation, _)| *generation)
     }
 
+    /// Whether nothing voided `ticket` for `key`: the same connection, no flush,
+    /// and no invalidation in the key's stripe since it was taken.
+    fn honours(&self, ticket: &Ticket, key: &str) -> bool {
+        self.generation() == Some(ticket.generation)
+            && self.epoch == ticket.epoch
+            && self.stripes[Self::stripe(key)] == ticket.stripe
+    }
+
     /// Gives up on the current connections: nothing they would have told us can
     /// be trusted to have arrived.
     fn lose(&mut self, why: &str) {
@@ -400,10 +408,7 @@ impl Tracker {
     pub fn offer(&self, ticket: &Ticket, key: &str, record: Record, version: u64) {
         let mut cache = self.cache();
         cache.drain();
-        let valid = cache.generation() == Some(ticket.generation)
-            && cache.epoch == ticket.epoch
-            && cache.stripes[Cache::stripe(key)] == ticket.stripe;
-        if !valid {
+        if !cache.honours(ticket, key) {
             return;
         }
         if cache.entries.get(key).is_some_and(|e| e.version > version) {
@@ -432,9 +437,7 @@ impl Tracker {
     pub fn apply(&self, ticket: &Ticket, key: &str, changes: &ChangeSet, version: u64) {
         let mut cache = self.cache();
         cache.drain();
-        let valid = cache.generation() == Some(ticket.generation)
-            && cache.epoch == ticket.epoch
-            && cache.stripes[Cache::stripe(key)] == ticket.stripe;
+        let valid = cache.honours(ticket, key);
         match cache.entries.get_mut(key) {
             Some(entry) if valid && entry.version + 1 == version => {
                 changes.apply_to(&mut entry.record);
