@@ -26,10 +26,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Instances behind one load balancer must share the key, or they reject
     // each other's cookies.
     let key = Key::derive_from(std::env::var("SESSION_SECRET")?.as_bytes())?;
-    let mut store = RedisStore::connect(&url).await?;
-    if std::env::var("NEAR_CACHE").as_deref() == Ok("1") {
-        store = store.with_near_cache(NearCache::new())?;
-    }
+    let store = RedisStore::connect(&url).await?;
+    let store: std::sync::Arc<dyn unstuck::SessionStore> =
+        if std::env::var("NEAR_CACHE").as_deref() == Ok("1") {
+            std::sync::Arc::new(NearCache::new(store)?)
+        } else {
+            std::sync::Arc::new(store)
+        };
     let me = format!("127.0.0.1:{port}");
     let app = Router::new()
         .route(
@@ -43,7 +46,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }),
         )
-        .layer(SessionLayer::new(store).with_keys([key]).with_secure(false));
+        .layer(
+            SessionLayer::from_arc(store)
+                .with_keys([key])
+                .with_secure(false),
+        );
     let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app).await?;

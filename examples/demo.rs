@@ -312,13 +312,13 @@ async fn open_store(
 
 #[cfg(feature = "redis")]
 async fn redis_store(url: &str, near_cache: bool) -> Result<Arc<dyn SessionStore>, String> {
-    let mut store = unstuck::RedisStore::connect(url)
+    let store = unstuck::RedisStore::connect(url)
         .await
         .map_err(|e| format!("UNSTUCK_STORE: cannot open the Redis store: {e}"))?;
     if near_cache {
-        store = store
-            .with_near_cache(unstuck::NearCache::new())
-            .map_err(|e| format!("UNSTUCK_NEAR_CACHE: {e}"))?;
+        let cached =
+            unstuck::NearCache::new(store).map_err(|e| format!("UNSTUCK_NEAR_CACHE: {e}"))?;
+        return Ok(Arc::new(cached));
     }
     Ok(Arc::new(store))
 }

@@ -7,13 +7,17 @@ use http::{HeaderMap, HeaderValue, header};
 
 use crate::id::SessionId;
 use crate::key::Key;
+use crate::store::Version;
 
 /// Cookie headers longer than this are not parsed at all: no legitimate client
 /// sends more, and parsing cost must not be the attacker's to choose.
 const MAX_COOKIE_HEADER_LEN: usize = 8 * 1024;
-/// Our cookie's value is at most 96 characters (encrypted form); anything much
-/// longer is not ours.
-const MAX_VALUE_LEN: usize = 128;
+/// Our cookie's value is at most about 124 characters (encrypted form, with a
+/// version); anything much longer is not ours.
+const MAX_VALUE_LEN: usize = 160;
+/// Separates the ID from the session's version in the cookie's (signed)
+/// value; the ID's base64url alphabet has no `.`.
+const VERSION_SEPARATOR: char = '.';
 
 /// How the session cookie's value is protected.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -92,10 +96,11 @@ impl CookieConfig {
         Ok(())
     }
 
-    /// Finds the session ID in a request's cookies. Anything doubtful — no
+    /// Finds the session ID in a request's cookies, with the session version
+    /// the client last wrote if the cookie carries one. Anything doubtful — no
     /// cookie, several cookies of our name (cookie tossing), an oversized
     /// header, a bad signature, a malformed value — is "no session".
-    pub fn read(&self, headers: &HeaderMap) -> Option<SessionId> {
+    pub fn read(&self, headers: &HeaderMap) -> Option<(SessionId, Option<Version>)> {
         let mut found: Option<Cookie<'static>> = None;
         let mut total = 0;
         for value in headers.get_all(header::COOKIE) {
@@ -125,15 +130,26 @@ impl CookieConfig {
                 CookieProtection::Private => jar.private(&key.0).decrypt(cookie.clone()),
             };
             if let Some(opened) = opened {
-                return SessionId::from_cookie_value(opened.value());
+                return parse_value(opened.value());
             }
         }
         None
     }
 
-    /// The `Set-Cookie` value that hands `id` to the client.
-    pub fn issue(&self, id: &SessionId, expires_at: SystemTime) -> HeaderValue {
-        let mut cookie = self.base(id.to_cookie_value());
+    /// The `Set-Cookie` value that hands `id` to the client, with the version
+    /// its next load must at least see, if the store reports versions.
+    pub fn issue(
+        &self,
+        id: &SessionId,
+        version: Option<Version>,
+        expires_at: SystemTime,
+    ) -> HeaderValue {
+        let mut value = id.to_cookie_value();
+        if let Some(version) = version {
+            value.push(VERSION_SEPARATOR);
+            value.push_str(&version.get().to_string());
+        }
+        let mut cookie = self.base(value);
         if self.persistent {
             let remaining = expires_at
                 .duration_since(SystemTime::now())
@@ -175,6 +191,19 @@ impl CookieConfig {
     }
 }
 
+/// The ID and optional version in an authenticated cookie value.
+fn parse_value(value: &str) -> Option<(SessionId, Option<Version>)> {
+    let Some((id, version)) = value.split_once(VERSION_SEPARATOR) else {
+        return Some((SessionId::from_cookie_value(value)?, None));
+    };
+    // Digits only (no sign, no spaces), and few enough to fit a u64.
+    if version.is_empty() || version.len() > 20 || !version.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let version = Version::new(version.parse().ok()?);
+    Some((SessionId::from_cookie_value(id)?, Some(version)))
+}
+
 fn header_value(cookie: &Cookie<'_>) -> HeaderValue {
     HeaderValue::try_from(cookie.to_string())
         .expect("cookie names and values are validated, so the header is valid")
@@ -212,7 +241,7 @@ mod tests {
     fn issued_cookie_reads_back_with_default_attributes() {
         let config = config(vec![Key::generate()]);
         let id = SessionId::generate();
-        let set = config.issue(&id, SystemTime::now());
+        let set = config.issue(&id, None, SystemTime::now());
         let text = set.to_str().unwrap();
         for attribute in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
             assert!(text.contains(attribute), "{text} lacks {attribute}");
@@ -221,7 +250,7 @@ mod tests {
             !text.contains("Max-Age"),
             "browser-session cookie by default"
         );
-        assert_eq!(config.read(&headers(&pair(&set))), Some(id));
+        assert_eq!(config.read(&headers(&pair(&set))), Some((id, None)));
     }
 
     #[test]
@@ -229,9 +258,9 @@ mod tests {
         let mut config = config(vec![Key::generate()]);
         config.protection = CookieProtection::Private;
         let id = SessionId::generate();
-        let set = config.issue(&id, SystemTime::now());
+        let set = config.issue(&id, None, SystemTime::now());
         assert!(!set.to_str().unwrap().contains(&id.to_cookie_value()));
-        assert_eq!(config.read(&headers(&pair(&set))), Some(id));
+        assert_eq!(config.read(&headers(&pair(&set))), Some((id, None)));
     }
 
     #[test]
@@ -239,16 +268,16 @@ mod tests {
         let old = Key::generate();
         let new = Key::generate();
         let id = SessionId::generate();
-        let issued_before = config(vec![old.clone()]).issue(&id, SystemTime::now());
+        let issued_before = config(vec![old.clone()]).issue(&id, None, SystemTime::now());
         let rotated = config(vec![new.clone(), old]);
         assert_eq!(
             rotated.read(&headers(&pair(&issued_before))),
-            Some(id.clone())
+            Some((id.clone(), None))
         );
-        let issued_after = rotated.issue(&id, SystemTime::now());
+        let issued_after = rotated.issue(&id, None, SystemTime::now());
         assert_eq!(
             config(vec![new]).read(&headers(&pair(&issued_after))),
-            Some(id)
+            Some((id, None))
         );
     }
 
@@ -256,13 +285,14 @@ mod tests {
     fn doubtful_cookies_mean_no_session() {
         let config = config(vec![Key::generate()]);
         let id = SessionId::generate();
-        let good = pair(&config.issue(&id, SystemTime::now()));
+        let good = pair(&config.issue(&id, None, SystemTime::now()));
         let value = good.strip_prefix("id=").unwrap();
         let mut flipped = value.to_owned().into_bytes();
         let last = flipped.len() - 1;
         flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
         let flipped = String::from_utf8(flipped).unwrap();
-        let foreign = pair(&self::config(vec![Key::generate()]).issue(&id, SystemTime::now()));
+        let foreign =
+            pair(&self::config(vec![Key::generate()]).issue(&id, None, SystemTime::now()));
         let cases = [
             format!("id={}", id.to_cookie_value()),
             format!("id={flipped}"),
@@ -280,9 +310,32 @@ mod tests {
     }
 
     #[test]
+    fn the_version_travels_signed_with_the_id() {
+        for protection in [CookieProtection::Signed, CookieProtection::Private] {
+            let mut config = config(vec![Key::generate()]);
+            config.protection = protection;
+            let id = SessionId::generate();
+            let set = config.issue(&id, Some(Version::new(u64::MAX)), SystemTime::now());
+            assert_eq!(
+                config.read(&headers(&pair(&set))),
+                Some((id, Some(Version::new(u64::MAX))))
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_versions_mean_no_session() {
+        let id = SessionId::generate().to_cookie_value();
+        for bad in ["", "-1", "+1", " 1", "1x", "99999999999999999999", "1.2"] {
+            assert_eq!(parse_value(&format!("{id}.{bad}")), None, "{bad:?}");
+        }
+        assert!(parse_value(&format!("{id}.0")).is_some());
+    }
+
+    #[test]
     fn a_cookie_split_over_two_headers_still_counts_as_duplicated() {
         let config = config(vec![Key::generate()]);
-        let good = pair(&config.issue(&SessionId::generate(), SystemTime::now()));
+        let good = pair(&config.issue(&SessionId::generate(), None, SystemTime::now()));
         let mut headers = headers(&good);
         headers.append(header::COOKIE, HeaderValue::from_str(&good).unwrap());
         assert_eq!(config.read(&headers), None);
@@ -292,10 +345,10 @@ mod tests {
     fn other_cookies_do_not_disturb_ours() {
         let config = config(vec![Key::generate()]);
         let id = SessionId::generate();
-        let good = pair(&config.issue(&id, SystemTime::now()));
+        let good = pair(&config.issue(&id, None, SystemTime::now()));
         assert_eq!(
             config.read(&headers(&format!("theme=dark; {good}; lang=en"))),
-            Some(id)
+            Some((id, None))
         );
     }
 

@@ -9,7 +9,6 @@ use http::{HeaderMap, StatusCode};
 use tokio::sync::OnceCell;
 
 use crate::config::Config;
-use crate::id::SessionId;
 use crate::session::Session;
 use crate::store::{SessionStore, StoreError};
 
@@ -45,8 +44,8 @@ impl LazySession {
         inner
             .session
             .get_or_try_init(|| {
-                let id: Option<SessionId> = inner.config.cookie.read(headers);
-                Session::load(inner.store.clone(), inner.config.clone(), id)
+                let from_cookie = inner.config.cookie.read(headers);
+                Session::load(inner.store.clone(), inner.config.clone(), from_cookie)
             })
             .await
             .cloned()

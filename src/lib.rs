@@ -75,13 +75,13 @@ pub use crate::key::{Key, KeyError, MIN_SECRET_LEN};
 pub use crate::layer::{SessionLayer, SessionService};
 pub use crate::session::Session;
 pub use crate::store::{
-    ChangeSet, MemoryStore, Record, SaveOutcome, SessionStore, SessionSummary, StoreError,
-    UserChange,
+    ChangeSet, Invalidations, MemoryStore, NearCache, NearCacheStats, Record, SaveOutcome,
+    SessionStore, SessionSummary, StoreError, Trackable, TrackedSave, UserChange, Version,
 };
 #[cfg(feature = "postgres")]
 pub use crate::store::{InvalidIdentifier, PostgresCleanup, PostgresStore};
 #[cfg(feature = "redis")]
-pub use crate::store::{NearCache, NearCacheStats, RedisStore};
+pub use crate::store::{RedisChannel, RedisStore};
 pub use ::cookie::SameSite;
 
 /// Compiles the README's Rust examples, so the front page cannot rot.

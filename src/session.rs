@@ -16,6 +16,7 @@ use crate::expiry::Expiry;
 use crate::id::{SessionId, StorageKey};
 use crate::store::{
     ChangeSet, Data, Record, SaveOutcome, SessionStore, SessionSummary, StoreError, UserChange,
+    Version,
 };
 
 /// How many fresh IDs a new session tries before giving up. With 256-bit IDs a
@@ -64,6 +65,8 @@ struct Stored {
     key: StorageKey,
     created_at: SystemTime,
     expires_at: SystemTime,
+    /// The version the client's cookie says it last wrote, if any.
+    seen: Option<Version>,
 }
 
 struct State {
@@ -94,13 +97,14 @@ impl State {
         }
     }
 
-    fn loaded(id: SessionId, key: StorageKey, record: Record) -> Self {
+    fn loaded(id: SessionId, key: StorageKey, seen: Option<Version>, record: Record) -> Self {
         Self {
             stored: Some(Stored {
                 id,
                 key,
                 created_at: record.created_at,
                 expires_at: record.expires_at,
+                seen,
             }),
             data: record.data,
             user: record.user,
@@ -151,24 +155,29 @@ impl Session {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Loads the session the cookie points to, or starts a new one.
+    /// Loads the session the cookie points to (at least at the version the
+    /// client last wrote, if it says), or starts a new one.
     pub(crate) async fn load(
         store: Arc<dyn SessionStore>,
         config: Arc<Config>,
-        id: Option<SessionId>,
+        from_cookie: Option<(SessionId, Option<Version>)>,
     ) -> Result<Self, StoreError> {
-        let Some(id) = id else {
+        let Some((id, seen)) = from_cookie else {
             return Ok(Self::new(store, config, State::new()));
         };
         let key = id.storage_key();
-        let record = bounded(&config, store.load(&key)).await?;
+        let record = bounded(
+            &config,
+            store.load_at_least(&key, seen.unwrap_or(Version::ZERO)),
+        )
+        .await?;
         let now = SystemTime::now();
         let state = match record {
             Some(record)
                 if record.expires_at > now
                     && config.timeouts.absolute_deadline(record.created_at) > now =>
             {
-                State::loaded(id, key, record)
+                State::loaded(id, key, seen, record)
             }
             _ => State::new(),
         };
@@ -392,7 +401,7 @@ impl Session {
             for _ in 0..CREATE_ATTEMPTS {
                 let id = SessionId::generate();
                 if bounded(config, store.create(&id.storage_key(), &record)).await? {
-                    return Ok(Some(config.cookie.issue(&id, expires_at)));
+                    return Ok(Some(config.cookie.issue(&id, None, expires_at)));
                 }
             }
             return Err(StoreError::backend("no free session ID after several attempts").into());
@@ -409,16 +418,26 @@ impl Session {
             )
             .await?
             {
-                SaveOutcome::Applied => Ok(Some(config.cookie.issue(&id, expires_at))),
+                // A fresh key: no copy of it is cached anywhere, so its first
+                // load needs no version to compare against.
+                SaveOutcome::Applied => Ok(Some(config.cookie.issue(&id, None, expires_at))),
                 SaveOutcome::Gone => Err(CommitError::Gone),
             };
         }
         if !changes.is_touch_only() {
-            return match bounded(config, store.save(&stored.key, &changes)).await? {
-                SaveOutcome::Applied => {
-                    Ok(persistent.then(|| config.cookie.issue(&stored.id, expires_at)))
-                }
-                SaveOutcome::Gone => Err(CommitError::Gone),
+            return match bounded(config, store.save_versioned(&stored.key, &changes)).await? {
+                // A store that reports versions may answer later loads from a
+                // copy that lags: the cookie tells it which version this
+                // client must at least see next.
+                (SaveOutcome::Applied, Some(version)) => Ok(Some(config.cookie.issue(
+                    &stored.id,
+                    Some(version),
+                    expires_at,
+                ))),
+                (SaveOutcome::Applied, None) => Ok(
+                    persistent.then(|| config.cookie.issue(&stored.id, stored.seen, expires_at))
+                ),
+                (SaveOutcome::Gone, _) => Err(CommitError::Gone),
             };
         }
         let Some(refreshed) = config
@@ -429,8 +448,10 @@ impl Session {
         };
         changes.set_expires_at(refreshed);
         match bounded(config, store.save(&stored.key, &changes)).await? {
+            // Only the expiry moved, so the client needs no newer version than
+            // the one its cookie already carries.
             SaveOutcome::Applied => {
-                Ok(persistent.then(|| config.cookie.issue(&stored.id, refreshed)))
+                Ok(persistent.then(|| config.cookie.issue(&stored.id, stored.seen, refreshed)))
             }
             // Only the idle deadline was to move, and the session ended anyway:
             // nothing the request did is lost.

@@ -7,44 +7,57 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime};
 
+use serde_json::json;
 use unstuck::{
     ChangeSet, NearCache, Record, RedisStore, SaveOutcome, SessionId, SessionStore, StorageKey,
+    Version,
 };
 
+use common::app::{Client, app, version_in};
 use common::demo::Demo;
+use common::hogs::CpuHogs;
 use common::redis_server::{RedisServer, cluster_url};
 
 mod standalone {
     crate::common::conformance::store_conformance!(
-        unstuck::RedisStore::connect(&crate::common::redis_server::standalone_url())
-            .await
-            .unwrap()
-            .with_near_cache(unstuck::NearCache::new())
-            .unwrap()
+        unstuck::NearCache::new(
+            unstuck::RedisStore::connect(&crate::common::redis_server::standalone_url())
+                .await
+                .unwrap()
+        )
+        .unwrap()
     );
 }
 
 mod sentinel {
     crate::common::conformance::store_conformance!(
-        unstuck::RedisStore::connect(&crate::common::redis_server::sentinel_url())
-            .await
-            .unwrap()
-            .with_near_cache(unstuck::NearCache::new())
-            .unwrap()
+        unstuck::NearCache::new(
+            unstuck::RedisStore::connect(&crate::common::redis_server::sentinel_url())
+                .await
+                .unwrap()
+        )
+        .unwrap()
     );
 }
 
 const LONG: Duration = Duration::from_secs(600);
+/// Busy-looping processes beside the timing-sensitive tests: three, as on a
+/// loaded CI runner with two cores.
+const HOGS: usize = 3;
+/// Hogs stop by themselves after this long even if a test is aborted.
+const HOG_LIMIT_SECS: u32 = 300;
 
-async fn cached(server: &RedisServer, settings: NearCache) -> RedisStore {
-    RedisStore::connect(&server.url())
-        .await
-        .unwrap()
-        .with_near_cache(settings)
-        .unwrap()
+type Cached = NearCache<RedisStore>;
+
+async fn cached(server: &RedisServer, settings: impl FnOnce(Cached) -> Cached) -> Cached {
+    settings(NearCache::new(RedisStore::connect(&server.url()).await.unwrap()).unwrap())
 }
 
-async fn new_session(store: &RedisStore) -> StorageKey {
+fn defaults(cache: Cached) -> Cached {
+    cache
+}
+
+async fn new_session(store: &impl SessionStore) -> StorageKey {
     let now = SystemTime::now();
     let key = SessionId::generate().storage_key();
     let record = Record {
@@ -57,18 +70,25 @@ async fn new_session(store: &RedisStore) -> StorageKey {
     key
 }
 
-async fn count(store: &RedisStore, key: &StorageKey) -> u64 {
-    let record = store.load(key).await.unwrap().expect("live session");
+async fn count(store: &impl SessionStore, key: &StorageKey) -> u64 {
+    count_at_least(store, key, Version::ZERO).await
+}
+
+async fn count_at_least(store: &impl SessionStore, key: &StorageKey, seen: Version) -> u64 {
+    let record = store
+        .load_at_least(key, seen)
+        .await
+        .unwrap()
+        .expect("live session");
     record.data["count"].parse().unwrap()
 }
 
-async fn set_count(store: &RedisStore, key: &StorageKey, n: u64) {
+async fn set_count(store: &impl SessionStore, key: &StorageKey, n: u64) -> Version {
     let mut changes = ChangeSet::new(SystemTime::now() + LONG);
     changes.insert("count", n.to_string());
-    assert_eq!(
-        store.save(key, &changes).await.unwrap(),
-        SaveOutcome::Applied
-    );
+    let (outcome, version) = store.save_versioned(key, &changes).await.unwrap();
+    assert_eq!(outcome, SaveOutcome::Applied);
+    version.expect("a near cache reports the version of each save")
 }
 
 /// Calls of one command since the server started.
@@ -80,44 +100,90 @@ fn calls(server: &RedisServer, command: &str) -> u64 {
         .map_or(0, |n| n.parse().unwrap())
 }
 
+/// The guarantee sessions need: a client that carries the version of its
+/// last write (as the cookie does) never reads an older session, whichever
+/// instance it reaches, with CPU hogs delaying every task that would deliver
+/// an invalidation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_on_one_instance_are_seen_by_the_next_read_on_another() {
+async fn a_client_carrying_its_version_never_reads_its_own_past_under_load() {
     const ROUNDS: u64 = 1000;
     let server = RedisServer::start();
-    let a = cached(&server, NearCache::new()).await;
-    let b = cached(&server, NearCache::new()).await;
+    let a = cached(&server, defaults).await;
+    let b = cached(&server, defaults).await;
     let key = new_session(&a).await;
-    let mut stale = 0;
+    let _hogs = CpuHogs::start(HOGS, HOG_LIMIT_SECS);
+    let mut seen = Version::ZERO;
     for n in 1..=ROUNDS {
         let (writer, reader) = if n % 2 == 1 { (&a, &b) } else { (&b, &a) };
-        assert_eq!(count(writer, &key).await, n - 1, "writer saw a stale value");
-        set_count(writer, &key, n).await;
-        assert_eq!(count(writer, &key).await, n, "read-your-writes");
-        // The time a client needs to hear of the write and ask the other
-        // instance (generously short: a loopback HTTP round trip is longer).
-        // Redis sends the invalidation just after its reply to the writer, so a
-        // read issued within microseconds of the reply could still beat it.
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        if count(reader, &key).await != n {
-            stale += 1;
-        }
+        assert_eq!(
+            count_at_least(writer, &key, seen).await,
+            n - 1,
+            "round {n}: the writer served a session older than the client's last write"
+        );
+        seen = set_count(writer, &key, n).await;
+        assert_eq!(
+            count_at_least(writer, &key, seen).await,
+            n,
+            "read-your-writes"
+        );
+        assert_eq!(
+            count_at_least(reader, &key, seen).await,
+            n,
+            "round {n}: the other instance served the client its own past"
+        );
     }
-    assert_eq!(stale, 0, "stale reads in {ROUNDS} alternations");
-    let (sa, sb) = (a.near_cache_stats().unwrap(), b.near_cache_stats().unwrap());
+    let (sa, sb) = (a.stats(), b.stats());
     assert!(
         sa.hits + sb.hits >= ROUNDS,
         "the cache served too little to prove anything: {sa:?} {sb:?}"
     );
-    assert!(
-        sa.invalidations + sb.invalidations >= ROUNDS - 1,
-        "{sa:?} {sb:?}"
+    eprintln!(
+        "{ROUNDS} alternations under load: {} cached copies were behind the client's own \
+         write and were read again instead",
+        sa.behind + sb.behind
     );
+}
+
+/// What other clients see: a write on one instance reaches another one's
+/// cache as soon as its invalidation arrives. Measures that window (printed)
+/// and requires every write to arrive within a bounded time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_clients_see_a_write_once_its_invalidation_arrives() {
+    const ROUNDS: u64 = 300;
+    let server = RedisServer::start();
+    let a = cached(&server, defaults).await;
+    let b = cached(&server, defaults).await;
+    let key = new_session(&a).await;
+    let mut windows = Vec::new();
+    for n in 1..=ROUNDS {
+        assert_eq!(count(&b, &key).await, n - 1, "b caches the current value");
+        set_count(&a, &key, n).await;
+        let written = Instant::now();
+        let deadline = written + Duration::from_secs(5);
+        while count(&b, &key).await != n {
+            assert!(
+                Instant::now() < deadline,
+                "round {n}: the invalidation never arrived"
+            );
+            tokio::task::yield_now().await;
+        }
+        windows.push(written.elapsed());
+    }
+    windows.sort();
+    let at = |q: f64| windows[((windows.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "invalidation window over {ROUNDS} writes: median {:?}, p99 {:?}, max {:?}",
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+    assert!(b.stats().invalidations >= ROUNDS - 1, "{:?}", b.stats());
 }
 
 #[tokio::test]
 async fn cached_reads_and_write_requests_cost_one_round_trip_at_most() {
     let server = RedisServer::start();
-    let store = cached(&server, NearCache::new()).await;
+    let store = cached(&server, defaults).await;
     let key = new_session(&store).await;
     count(&store, &key).await;
     // The first save loads the script into Redis (EVALSHA, SCRIPT LOAD,
@@ -145,7 +211,7 @@ async fn cached_reads_and_write_requests_cost_one_round_trip_at_most() {
 #[tokio::test]
 async fn saves_of_a_logged_in_session_cost_one_round_trip() {
     let server = RedisServer::start();
-    let store = cached(&server, NearCache::new()).await;
+    let store = cached(&server, defaults).await;
     let now = SystemTime::now();
     let key = SessionId::generate().storage_key();
     let record = Record {
@@ -180,7 +246,7 @@ async fn saves_of_a_logged_in_session_cost_one_round_trip() {
 #[tokio::test]
 async fn a_change_by_another_client_invalidates_the_cached_session() {
     let server = RedisServer::start();
-    let store = cached(&server, NearCache::new()).await;
+    let store = cached(&server, defaults).await;
     let key = new_session(&store).await;
     assert_eq!(count(&store, &key).await, 0);
     assert_eq!(count(&store, &key).await, 0);
@@ -202,20 +268,20 @@ async fn a_change_by_another_client_invalidates_the_cached_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_tracking_connection_empties_the_cache() {
     let server = RedisServer::start();
-    let store = cached(&server, NearCache::new()).await;
+    let store = cached(&server, defaults).await;
     let key = new_session(&store).await;
     assert_eq!(count(&store, &key).await, 0);
     assert_eq!(count(&store, &key).await, 0);
-    assert!(store.near_cache_stats().unwrap().entries >= 1);
-    // Disconnect the tracking connection (every normal client; the
-    // subscriber that receives invalidations is not one), then change the
-    // session: Redis no longer tells this process anything about it.
-    let flushes = store.near_cache_stats().unwrap().flushes;
+    assert!(store.stats().entries >= 1);
+    // Disconnect the tracking connection (with every other normal client),
+    // then change the session: Redis no longer tells this process anything
+    // about it.
+    let flushes = store.stats().flushes;
     server
         .cli(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(2);
-    while store.near_cache_stats().unwrap().flushes == flushes {
+    while store.stats().flushes == flushes {
         assert!(
             Instant::now() < deadline,
             "the lost connection went unnoticed"
@@ -235,30 +301,25 @@ async fn losing_the_tracking_connection_empties_the_cache() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(store.near_cache_stats().unwrap().flushes >= 1);
-    // The old invalidation subscriber was closed, not leaked.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let subscribers = server.cli(&["CLIENT", "LIST", "TYPE", "pubsub"]).unwrap();
-        if subscribers.lines().filter(|l| !l.trim().is_empty()).count() == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "subscribers left behind:\n{subscribers}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(store.stats().flushes >= 1);
+    // One tracking connection: the lost one is not kept or reopened twice.
+    let clients = server.cli(&["CLIENT", "LIST"]).unwrap();
+    let tracking = clients
+        .lines()
+        .filter(|line| {
+            line.split(' ').any(|f| {
+                f.strip_prefix("flags=")
+                    .is_some_and(|flags| flags.contains('t'))
+            })
+        })
+        .count();
+    assert_eq!(tracking, 1, "tracking connections:\n{clients}");
 }
 
 #[tokio::test]
 async fn entries_are_served_no_longer_than_the_max_age() {
     let server = RedisServer::start();
-    let store = cached(
-        &server,
-        NearCache::new().with_max_age(Duration::from_millis(300)),
-    )
-    .await;
+    let store = cached(&server, |c| c.with_max_age(Duration::from_millis(300))).await;
     let key = new_session(&store).await;
     count(&store, &key).await;
     let hgetall = calls(&server, "hgetall");
@@ -276,34 +337,26 @@ async fn entries_are_served_no_longer_than_the_max_age() {
 #[tokio::test]
 async fn the_cache_holds_at_most_max_entries() {
     let server = RedisServer::start();
-    let store = cached(&server, NearCache::new().with_max_entries(5)).await;
+    let store = cached(&server, |c| c.with_max_entries(5)).await;
     for _ in 0..20 {
         let key = new_session(&store).await;
         count(&store, &key).await;
         count(&store, &key).await;
     }
-    let stats = store.near_cache_stats().unwrap();
+    let stats = store.stats();
     assert!(stats.entries <= 5, "{stats:?}");
     assert!(stats.hits >= 1, "{stats:?}");
 }
 
 #[tokio::test]
 async fn the_near_cache_is_refused_where_it_cannot_be_kept_coherent() {
-    let error = RedisStore::connect(&cluster_url())
-        .await
-        .unwrap()
-        .with_near_cache(NearCache::new())
-        .unwrap_err();
+    let error = NearCache::new(RedisStore::connect(&cluster_url()).await.unwrap()).unwrap_err();
     assert!(error.to_string().contains("Cluster"), "{error}");
     let server = RedisServer::start();
     let pool = deadpool_redis::Config::from_url(server.url())
         .create_pool(Some(deadpool_redis::Runtime::Tokio1))
         .unwrap();
-    assert!(
-        RedisStore::from_pool(pool)
-            .with_near_cache(NearCache::new())
-            .is_err()
-    );
+    assert!(NearCache::new(RedisStore::from_pool(pool)).is_err());
 }
 
 #[tokio::test]
@@ -315,6 +368,7 @@ async fn demo_instances_with_near_caches_never_serve_a_stale_counter() {
     let a = Demo::start(&env);
     let b = Demo::start(&env);
     let mut client = a.client();
+    let _hogs = CpuHogs::start(HOGS, HOG_LIMIT_SECS);
     for n in 1..=REQUESTS {
         client.base = if n % 2 == 0 {
             b.base.clone()
@@ -330,10 +384,13 @@ async fn demo_instances_with_near_caches_never_serve_a_stale_counter() {
         assert_eq!(peek.body["count"], n);
     }
     // One load from Redis per counter request (the other instance had just
-    // written), none for the peeks.
+    // written), and the peeks from the cache: a few of them miss when, under
+    // the hogs, the invalidation of the other instance's earlier write lands
+    // while this instance's own save is in flight (the cache then drops its
+    // copy rather than guess).
     let from_loads = calls(&server, "hgetall");
     assert!(
-        from_loads <= REQUESTS + 5,
+        from_loads <= REQUESTS + REQUESTS / 10,
         "{from_loads} loads went to Redis out of {}",
         2 * REQUESTS
     );
@@ -344,7 +401,7 @@ async fn concurrent_saves_through_the_cache_leave_it_equal_to_redis() {
     const ROUNDS: usize = 20;
     const WRITERS: usize = 16;
     let server = RedisServer::start();
-    let cached = std::sync::Arc::new(cached(&server, NearCache::new()).await);
+    let cached = std::sync::Arc::new(cached(&server, defaults).await);
     let plain = RedisStore::connect(&server.url()).await.unwrap();
     let key = new_session(&cached).await;
     for round in 0..ROUNDS {
@@ -375,5 +432,62 @@ async fn concurrent_saves_through_the_cache_leave_it_equal_to_redis() {
             "round {round}: the cache disagrees with Redis"
         );
     }
-    assert!(cached.near_cache_stats().unwrap().hits > 0);
+    assert!(cached.stats().hits > 0);
+}
+
+/// The issue's black-box check, in the suite: one client alternating
+/// `PUT /kv/v` on one demo instance and `GET /kv/v` on the other, keeping the
+/// cookies it is sent, with CPU hogs beside them: never the value from before
+/// its own write.
+#[tokio::test]
+async fn a_cookie_keeping_client_never_reads_its_own_past_over_http_under_load() {
+    const ROUNDS: u64 = 600;
+    let server = RedisServer::start();
+    let url = server.url();
+    let env = [("UNSTUCK_STORE", url.as_str()), ("UNSTUCK_NEAR_CACHE", "1")];
+    let a = Demo::start(&env);
+    let b = Demo::start(&env);
+    let mut client = a.client();
+    let _hogs = CpuHogs::start(HOGS, HOG_LIMIT_SECS);
+    for n in 1..=ROUNDS {
+        let (writer, reader) = if n % 2 == 1 { (&a, &b) } else { (&b, &a) };
+        client.base = writer.base.clone();
+        assert_eq!(client.put("/kv/v", json!(n)).await.status, 200);
+        client.base = reader.base.clone();
+        let read = client.get("/kv/v").await;
+        assert_eq!(read.status, 200);
+        assert_eq!(
+            read.body["value"],
+            json!(n),
+            "stale read at round {n}: {read:?}"
+        );
+    }
+}
+
+/// The same through the layer, in process: two application instances with
+/// their own near caches on one Redis, one browser-like client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_keeping_client_never_reads_its_own_past_through_the_layer() {
+    const ROUNDS: u64 = 600;
+    let server = RedisServer::start();
+    let a = app(cached(&server, defaults).await);
+    let b = app(cached(&server, defaults).await);
+    let mut client = Client::default();
+    let _hogs = CpuHogs::start(HOGS, HOG_LIMIT_SECS);
+    let mut last_version = 0;
+    for n in 1..=ROUNDS {
+        let (writer, reader) = if n % 2 == 1 { (&a, &b) } else { (&b, &a) };
+        let (status, _) = client.send(writer, "PUT", "/kv/v", &n.to_string()).await;
+        assert_eq!(status, 200);
+        let version = version_in(client.cookie.as_deref().unwrap());
+        if n > 1 {
+            // The first write created the session; every later one is a save.
+            let version = version.expect("a save through a near cache sends its version");
+            assert!(version > last_version, "versions only grow");
+            last_version = version;
+        }
+        let (status, body) = client.send(reader, "GET", "/kv/v", "").await;
+        assert_eq!(status, 200);
+        assert_eq!(body, n.to_string(), "stale read at round {n}");
+    }
 }

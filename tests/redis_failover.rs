@@ -114,17 +114,18 @@ async fn sentinel_failover_keeps_replica_acked_sessions_and_service_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn near_cache_follows_a_sentinel_failover() {
     let mut setup = SentinelSetup::start();
-    let store = RedisStore::connect(&setup.url())
-        .await
-        .unwrap()
-        .with_replica_acks(1, Duration::from_millis(500))
-        .with_near_cache(unstuck::NearCache::new())
-        .unwrap();
+    let store = unstuck::NearCache::new(
+        RedisStore::connect(&setup.url())
+            .await
+            .unwrap()
+            .with_replica_acks(1, Duration::from_millis(500)),
+    )
+    .unwrap();
     let key = SessionId::generate().storage_key();
     assert!(store.create(&key, &record(7)).await.unwrap());
     assert_eq!(store.load(&key).await.unwrap().unwrap().data["n"], "7");
     assert_eq!(store.load(&key).await.unwrap().unwrap().data["n"], "7");
-    assert!(store.near_cache_stats().unwrap().hits >= 1);
+    assert!(store.stats().hits >= 1);
 
     setup.primary.kill();
     let killed = Instant::now();

@@ -31,11 +31,13 @@ pub async fn start(redis_url: &str) -> Vec<Row> {
         .await
         .expect("unstuck RedisStore on the bench redis");
     rows.push(serve(UNSTUCK_REDIS, ours::app(store)).await);
-    let near = unstuck::RedisStore::connect(redis_url)
-        .await
-        .expect("unstuck RedisStore on the bench redis")
-        .with_near_cache(unstuck::NearCache::new().with_max_entries(100_000))
-        .expect("near cache");
+    let near = unstuck::NearCache::new(
+        unstuck::RedisStore::connect(redis_url)
+            .await
+            .expect("unstuck RedisStore on the bench redis"),
+    )
+    .expect("near cache")
+    .with_max_entries(100_000);
     rows.push(serve(UNSTUCK_NEAR, ours::app(near)).await);
     rows.push(serve(TOWER_SESSIONS_REDIS, theirs::app(redis_url).await).await);
     rows

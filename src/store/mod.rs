@@ -5,6 +5,7 @@
 //! different keys both persist. Stores never recreate a session that is gone.
 
 mod memory;
+mod near_cache;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "redis")]
@@ -18,10 +19,12 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 pub use self::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use self::near_cache::{Invalidations, NearCache, NearCacheStats, Trackable, TrackedSave};
 #[cfg(feature = "postgres")]
 pub use self::postgres::{DEFAULT_TABLE, InvalidIdentifier, PostgresCleanup, PostgresStore};
 #[cfg(feature = "redis")]
-pub use self::redis::{NearCache, NearCacheStats, RedisStore};
+pub use self::redis::{RedisChannel, RedisStore};
 use crate::id::StorageKey;
 
 /// A boxed error from a store's backend, kept as the `source` of a [`StoreError`].
@@ -190,6 +193,33 @@ pub enum SaveOutcome {
     Gone,
 }
 
+/// Where a session stands in its store's history: stores that count versions
+/// bump it on every write, so a larger version is a later state.
+///
+/// Only stores whose reads can lag behind their writes (a
+/// [`NearCache`](crate::store::NearCache)) report versions to the layer. The
+/// layer then carries the version of a client's last write in its (signed)
+/// cookie and asks for at least that version on the next load, so a client
+/// never reads a session older than its own last acknowledged write, whichever
+/// instance it reaches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version(u64);
+
+impl Version {
+    /// The version before any write: every stored version is at least this.
+    pub const ZERO: Self = Self(0);
+
+    /// A version as the store counts it.
+    pub const fn new(version: u64) -> Self {
+        Self(version)
+    }
+
+    /// The number behind the version.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
 /// One session of a user, as listed by [`SessionStore::user_sessions`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionSummary {
@@ -225,6 +255,22 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     /// When the store cannot be read.
     async fn load(&self, key: &StorageKey) -> Result<Option<Record>, StoreError>;
 
+    /// Loads a live session at least as new as `seen`, the version the
+    /// client's last write produced (see [`Version`]). Only stores that may
+    /// answer from a copy that lags behind (a near cache) need to look at
+    /// `seen`; the default is [`load`](Self::load).
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    async fn load_at_least(
+        &self,
+        key: &StorageKey,
+        seen: Version,
+    ) -> Result<Option<Record>, StoreError> {
+        let _ = seen;
+        self.load(key).await
+    }
+
     /// Stores a new session under `key`, unless the key is taken (by a live session).
     /// Returns whether it was stored.
     ///
@@ -238,6 +284,23 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     /// When the store cannot be written. A session that is gone is not an error:
     /// it gives [`SaveOutcome::Gone`].
     async fn save(&self, key: &StorageKey, changes: &ChangeSet) -> Result<SaveOutcome, StoreError>;
+
+    /// Like [`save`](Self::save), and also says which [`Version`] of the
+    /// session the save produced, when later loads could otherwise be answered
+    /// from an older copy: the layer hands that version back through
+    /// [`load_at_least`](Self::load_at_least). Stores whose loads always see
+    /// their latest write return `None` (the default), and the layer then sends
+    /// no cookie for the save.
+    ///
+    /// # Errors
+    /// As for [`save`](Self::save).
+    async fn save_versioned(
+        &self,
+        key: &StorageKey,
+        changes: &ChangeSet,
+    ) -> Result<(SaveOutcome, Option<Version>), StoreError> {
+        Ok((self.save(key, changes).await?, None))
+    }
 
     /// Moves the live session at `from` to the fresh key `to`, applying `changes`
     /// on the way; `from` no longer exists afterwards. Used when a session's ID is
@@ -280,8 +343,22 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
     async fn create(&self, key: &StorageKey, record: &Record) -> Result<bool, StoreError> {
         (**self).create(key, record).await
     }
+    async fn load_at_least(
+        &self,
+        key: &StorageKey,
+        seen: Version,
+    ) -> Result<Option<Record>, StoreError> {
+        (**self).load_at_least(key, seen).await
+    }
     async fn save(&self, key: &StorageKey, changes: &ChangeSet) -> Result<SaveOutcome, StoreError> {
         (**self).save(key, changes).await
+    }
+    async fn save_versioned(
+        &self,
+        key: &StorageKey,
+        changes: &ChangeSet,
+    ) -> Result<(SaveOutcome, Option<Version>), StoreError> {
+        (**self).save_versioned(key, changes).await
     }
     async fn rotate(
         &self,

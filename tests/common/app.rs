@@ -103,11 +103,21 @@ pub async fn send(
 }
 
 /// The session ID in a `name=value` cookie: a signed value is a 44-character
-/// signature followed by the 43-character ID.
+/// signature followed by the 43-character ID, and by `.<version>` when the
+/// store reports versions (a near cache).
 pub fn id_text(cookie: &str) -> &str {
     let value = cookie.split_once('=').expect("name=value").1;
-    assert_eq!(value.len(), 44 + 43, "unexpected cookie value shape");
-    &value[44..]
+    assert!(
+        value.len() == 44 + 43 || value[44 + 43..].starts_with('.'),
+        "unexpected cookie value shape: {value}"
+    );
+    &value[44..44 + 43]
+}
+
+/// The session version a cookie carries, if any.
+pub fn version_in(cookie: &str) -> Option<u64> {
+    let value = cookie.split_once('=').expect("name=value").1;
+    value.get(44 + 43..)?.strip_prefix('.')?.parse().ok()
 }
 
 /// A browser with one cookie, talking to any instance.

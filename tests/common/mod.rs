@@ -6,6 +6,7 @@ pub mod app;
 pub mod conformance;
 pub mod demo;
 pub mod demo_contract;
+pub mod hogs;
 pub mod instrumented;
 #[cfg(feature = "postgres")]
 pub mod postgres_server;

@@ -1,30 +1,35 @@
 //! [`RedisStore`]: sessions in Redis (standalone, Sentinel or Cluster).
 
+mod codec;
 mod conn;
-mod near_cache;
+mod errors;
+mod index;
 mod scripts;
+mod tracking;
 mod url;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use deadpool_redis::redis::{
-    self, AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, RedisError, Script,
-    ServerErrorKind, Value,
+    self, AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Script, ServerErrorKind, Value,
 };
 use deadpool_redis::{Runtime, cluster, sentinel};
 
+use self::codec::{
+    CREATED, DATA, EXPIRES, INDEX_SCORE, SaveReply, USER, decode, from_millis, index_score, millis,
+    session_key,
+};
 use self::conn::{Backend, Conn, Connections};
-use self::near_cache::Tracker;
-pub use self::near_cache::{NearCache, NearCacheStats};
-use sha2::{Digest, Sha256};
+use self::errors::{NotReplicated, TimedOut, is_unavailable, map_pool_error, map_redis_error};
+pub use self::tracking::RedisChannel;
 
-use super::{ChangeSet, Record, SaveOutcome, SessionStore, SessionSummary, StoreError, UserChange};
+use super::{
+    ChangeSet, Record, SaveOutcome, SessionStore, SessionSummary, StoreError, UserChange, Version,
+};
 use crate::id::StorageKey;
 
 /// The longest one store call may take by default, connection included.
@@ -35,13 +40,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The key prefix unless [`RedisStore::with_prefix`] says otherwise.
 const DEFAULT_PREFIX: &str = "unstuck:";
-
-const CREATED: &str = "m:created";
-const EXPIRES: &str = "m:expires";
-const USER: &str = "m:user";
-const VERSION: &str = "m:v";
-const INDEX_SCORE: &str = "m:iscore";
-const DATA: &str = "d:";
 
 /// Applies the store's connection timeouts to a deadpool builder (a macro: the
 /// three pool types share no nameable trait without a direct `deadpool` dependency).
@@ -135,9 +133,8 @@ macro_rules! bounded_pool {
 #[derive(Clone)]
 pub struct RedisStore {
     connections: Arc<Connections>,
-    /// Where `connect` was pointed, kept for the near cache's own connection.
+    /// Where `connect` was pointed, kept for the near cache's channel.
     target: Option<Arc<url::Target>>,
-    near: Option<Arc<Tracker>>,
     prefix: Arc<str>,
     timeout: Duration,
     replica_acks: Option<ReplicaAcks>,
@@ -157,7 +154,6 @@ impl fmt::Debug for RedisStore {
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("replica_acks", &self.replica_acks)
-            .field("near_cache", &self.near.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -258,7 +254,6 @@ impl RedisStore {
         Self {
             connections: Arc::new(Connections::new(backend)),
             target: None,
-            near: None,
             prefix: DEFAULT_PREFIX.into(),
             timeout: DEFAULT_TIMEOUT,
             replica_acks: None,
@@ -300,146 +295,14 @@ impl RedisStore {
         self
     }
 
-    /// Keeps sessions this process reads in a bounded in-process cache, kept
-    /// coherent by Redis itself: loads of a cached session cost no round trip,
-    /// and a change made by any instance reaches this one as an invalidation
-    /// pushed by Redis (server-assisted client-side caching: RESP3 `CLIENT
-    /// TRACKING`, on one extra connection per store).
-    ///
-    /// Guarantees: a request sees the writes of earlier requests on this
-    /// instance (read-your-writes), and a write on another instance as soon as
-    /// Redis's invalidation has arrived — Redis sends it before it answers that
-    /// instance, so in practice before any client could hear of the write. A
-    /// read that races a write on another instance by microseconds can still see
-    /// the value from just before it, as with any cache. When the tracking
-    /// connection drops, the cache is emptied; entries also expire after
-    /// [`NearCache::with_max_age`].
-    ///
-    /// Saves of a cached session go over the tracking connection and refresh the
-    /// cache with the record Redis returns, so a write request costs one round
-    /// trip. With [`with_replica_acks`](Self::with_replica_acks), saves keep to
-    /// the pool (a `WAIT` would stall the shared tracking connection) and evict
-    /// instead.
-    ///
-    /// # Errors
-    /// For a store not made by [`connect`](Self::connect) (the cache opens its
-    /// own connection, and a pool does not say where to), or on Cluster, where
-    /// invalidations would have to come from every shard.
-    ///
-    /// # Examples
-    /// ```no_run
-    /// use unstuck::{NearCache, RedisStore};
-    ///
-    /// # async fn run() -> Result<(), unstuck::StoreError> {
-    /// let store = RedisStore::connect("redis://127.0.0.1:6379")
-    ///     .await?
-    ///     .with_near_cache(NearCache::new())?;
-    /// # let _ = store;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn with_near_cache(mut self, settings: NearCache) -> Result<Self, StoreError> {
-        let target = self.target.as_ref().ok_or_else(|| {
-            StoreError::backend(
-                "the near cache needs a store made by RedisStore::connect, which knows where to open its tracking connection",
-            )
-        })?;
-        self.near = Some(Arc::new(Tracker::new(target, settings)?));
-        Ok(self)
-    }
-
-    /// The near cache's counters, if it is on.
-    pub fn near_cache_stats(&self) -> Option<NearCacheStats> {
-        self.near.as_ref().map(|near| near.stats())
-    }
-
-    /// The near cache, when saves may go through its connection.
-    fn write_through(&self) -> Option<&Tracker> {
-        self.near.as_deref().filter(|_| self.replica_acks.is_none())
-    }
-
-    /// Drops a session from the near cache after a write that did not refresh it.
-    fn evict(&self, key: &StorageKey) {
-        if let Some(near) = &self.near {
-            near.evict(&self.session_key(key));
-        }
-    }
-
-    /// Loads through the near cache.
-    async fn load_near(
-        &self,
-        near: &Tracker,
-        key: &StorageKey,
-    ) -> Result<Option<Record>, StoreError> {
-        let redis_key = self.session_key(key);
-        if let Some(record) = near.lookup(&redis_key) {
-            return Ok(Some(record));
-        }
-        self.bounded(0, async {
-            let (generation, mut conn) = near.connection().await?;
-            let ticket = near.ticket(&redis_key, generation);
-            let fields: HashMap<String, String> = redis::cmd("HGETALL")
-                .arg(&redis_key)
-                .query_async(&mut conn)
-                .await
-                .map_err(|error| near_failure(near, generation, error))?;
-            if fields.is_empty() {
-                return Ok(None);
-            }
-            let (record, version) = decode_versioned(fields)?;
-            if record.expires_at <= SystemTime::now() {
-                return Ok(None);
-            }
-            near.offer(&ticket, &redis_key, record.clone(), version);
-            Ok(Some(record))
-        })
-        .await
-    }
-
-    /// Runs the save script on the near cache's connection, then applies the
-    /// same changes to the cached record if the version Redis returns proves
-    /// that no other write came in between; otherwise drops it.
-    async fn save_near(
-        &self,
-        near: &Tracker,
-        key: &StorageKey,
-        changes: &ChangeSet,
-        args: impl Fn(&mut Cmd),
-    ) -> Result<SaveReply, StoreError> {
-        let redis_key = self.session_key(key);
-        let (generation, mut conn) = near.connection().await?;
-        let ticket = near.ticket(&redis_key, generation);
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(scripts::SAVE.get_hash()).arg(1).arg(&redis_key);
-        args(&mut cmd);
-        let reply: Result<Vec<Value>, _> = match cmd.query_async(&mut conn).await {
-            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                scripts::SAVE
-                    .load_async(&mut conn)
-                    .await
-                    .map_err(|error| near_failure(near, generation, error))?;
-                cmd.query_async(&mut conn).await
-            }
-            other => other,
-        };
-        let reply =
-            SaveReply::parse(reply.map_err(|error| near_failure(near, generation, error))?)?;
-        match reply.version.filter(|_| reply.applied == 1) {
-            Some(version) => near.apply(&ticket, &redis_key, changes, version),
-            None => near.evict(&redis_key),
-        }
-        Ok(reply)
-    }
-
     fn session_key(&self, key: &StorageKey) -> String {
-        format!("{}{{{}}}", self.prefix, key.as_str())
+        session_key(&self.prefix, key)
     }
 
-    /// The index key carries a hash of the user, not the name: user names can be
-    /// personal data (e-mail addresses), key names are shown by every tool.
-    fn index_key(&self, user: &str) -> String {
-        let hash = URL_SAFE_NO_PAD.encode(Sha256::digest(user.as_bytes()));
-        format!("{}user:{{{hash}}}", self.prefix)
+    /// How many times the store has seen its primary change (Sentinel), so a
+    /// near cache channel opened before a switch can tell it is stale.
+    fn primary_switches(&self) -> u64 {
+        0
     }
 
     /// Runs `op` within the store's time budget, widened by one replica-ack
@@ -535,71 +398,86 @@ impl RedisStore {
         redis::from_redis_value(result).map_err(StoreError::backend)
     }
 
-    /// Adds or re-scores `key` in `user`'s index with `score` (see
-    /// [`index_score`]).
-    async fn index_add(
+    /// Applies a save: the script over the near cache's `channel` when given,
+    /// else over the pool, then whatever the user index needs. Returns the
+    /// session's new version.
+    pub(super) async fn save_with(
         &self,
-        conn: &mut Conn,
-        user: &str,
         key: &StorageKey,
-        score: u64,
-    ) -> Result<(), StoreError> {
-        let now = millis(SystemTime::now());
-        self.eval::<i64>(
-            conn,
-            &scripts::INDEX_ADD,
-            &self.index_key(user),
-            |cmd| {
-                cmd.arg(now).arg(score).arg(key.as_str());
-            },
-            false,
-        )
-        .await
-        .map(drop)
-    }
-
-    async fn index_remove(
-        &self,
-        conn: &mut Conn,
-        user: &str,
-        keys: &[&StorageKey],
-    ) -> Result<(), StoreError> {
-        let now = millis(SystemTime::now());
-        self.eval::<i64>(
-            conn,
-            &scripts::INDEX_REMOVE,
-            &self.index_key(user),
-            |cmd| {
-                cmd.arg(now);
-                for key in keys {
-                    cmd.arg(key.as_str());
+        changes: &ChangeSet,
+        channel: Option<&RedisChannel>,
+    ) -> Result<(SaveOutcome, Version), StoreError> {
+        self.bounded(1, async {
+            // A pool connection is only needed for the user index (and for the
+            // save itself without a channel): most saves through the near
+            // cache never touch the pool.
+            let mut pool = None;
+            let score = index_score(changes.expires_at());
+            if let UserChange::Set(user) = changes.user() {
+                let conn = self.lazy_conn(&mut pool).await?;
+                self.index_add(conn, user, key, score).await?;
+            }
+            let args = |cmd: &mut Cmd| {
+                cmd.arg(millis(changes.expires_at()));
+                match changes.user() {
+                    UserChange::Keep => cmd.arg("k").arg(""),
+                    UserChange::Set(user) => cmd.arg("s").arg(user),
+                    UserChange::Clear => cmd.arg("c").arg(""),
+                };
+                cmd.arg(score);
+                cmd.arg(changes.removed().len());
+                for name in changes.removed() {
+                    cmd.arg(format!("{DATA}{name}"));
                 }
-            },
-            false,
-        )
+                for (name, json) in changes.inserted() {
+                    cmd.arg(format!("{DATA}{name}")).arg(json);
+                }
+            };
+            let redis_key = self.session_key(key);
+            let reply = match channel {
+                Some(channel) => channel.save_script(&redis_key, args).await?,
+                None => {
+                    let conn = self.lazy_conn(&mut pool).await?;
+                    let reply: Vec<Value> = self
+                        .eval(conn, &scripts::SAVE, &redis_key, args, true)
+                        .await?;
+                    SaveReply::parse(reply)?
+                }
+            };
+            if !reply.applied {
+                if let UserChange::Set(user) = changes.user() {
+                    let conn = self.lazy_conn(&mut pool).await?;
+                    self.index_remove(conn, user, &[key]).await?;
+                }
+                return Ok((SaveOutcome::Gone, reply.version));
+            }
+            if let Some(previous) = reply
+                .previous
+                .as_deref()
+                .filter(|p| Some(*p) != reply.current.as_deref())
+            {
+                let conn = self.lazy_conn(&mut pool).await?;
+                self.index_remove(conn, previous, &[key]).await?;
+            }
+            if let (true, Some(current)) = (reply.rescore, &reply.current) {
+                // Index first, then the record of it: if this stops halfway,
+                // the next save sees the old score and re-scores again.
+                let conn = self.lazy_conn(&mut pool).await?;
+                self.index_add(conn, current, key, score).await?;
+                self.eval::<i64>(
+                    conn,
+                    &scripts::SET_INDEX_SCORE,
+                    &redis_key,
+                    |cmd| {
+                        cmd.arg(score);
+                    },
+                    false,
+                )
+                .await?;
+            }
+            Ok((SaveOutcome::Applied, reply.version))
+        })
         .await
-        .map(drop)
-    }
-
-    /// The storage keys the index lists for `user`, after trimming expired ones.
-    /// Entries may be stale (see the type docs): callers check each session.
-    async fn indexed(&self, conn: &mut Conn, user: &str) -> Result<Vec<StorageKey>, StoreError> {
-        let index = self.index_key(user);
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZREMRANGEBYSCORE")
-            .arg(&index)
-            .arg("-inf")
-            .arg(millis(SystemTime::now()))
-            .ignore()
-            .cmd("ZRANGE")
-            .arg(&index)
-            .arg(0)
-            .arg(-1);
-        let (members,): (Vec<String>,) = conn.pipeline_typed(&pipe).await?;
-        Ok(members
-            .iter()
-            .filter_map(|member| StorageKey::parse(member))
-            .collect())
     }
 
     /// Creates the hash; `index_score` is what the user index entry was given
@@ -638,9 +516,6 @@ impl RedisStore {
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn load(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
-        if let Some(near) = &self.near {
-            return self.load_near(near, key).await;
-        }
         let fields: HashMap<String, String> = self
             .bounded(0, async {
                 let mut conn = self.conn().await?;
@@ -677,77 +552,7 @@ impl SessionStore for RedisStore {
     /// when the session outlives the entry's score, which [`index_score`] sets
     /// well ahead of the session's expiry so that sliding expiry rarely needs it.
     async fn save(&self, key: &StorageKey, changes: &ChangeSet) -> Result<SaveOutcome, StoreError> {
-        self.bounded(1, async {
-            // A pool connection is only needed for the user index (and for the
-            // save itself without write-through): most saves with the near
-            // cache never touch the pool.
-            let mut pool = None;
-            let score = index_score(changes.expires_at());
-            if let UserChange::Set(user) = changes.user() {
-                let conn = self.lazy_conn(&mut pool).await?;
-                self.index_add(conn, user, key, score).await?;
-            }
-            let args = |cmd: &mut Cmd| {
-                cmd.arg(millis(changes.expires_at()));
-                match changes.user() {
-                    UserChange::Keep => cmd.arg("k").arg(""),
-                    UserChange::Set(user) => cmd.arg("s").arg(user),
-                    UserChange::Clear => cmd.arg("c").arg(""),
-                };
-                cmd.arg(score);
-                cmd.arg(changes.removed().len());
-                for name in changes.removed() {
-                    cmd.arg(format!("{DATA}{name}"));
-                }
-                for (name, json) in changes.inserted() {
-                    cmd.arg(format!("{DATA}{name}")).arg(json);
-                }
-            };
-            let reply = match self.write_through() {
-                Some(near) => self.save_near(near, key, changes, args).await?,
-                None => {
-                    let conn = self.lazy_conn(&mut pool).await?;
-                    let reply: Vec<Value> = self
-                        .eval(conn, &scripts::SAVE, &self.session_key(key), args, true)
-                        .await?;
-                    self.evict(key);
-                    SaveReply::parse(reply)?
-                }
-            };
-            if reply.applied == 0 {
-                if let UserChange::Set(user) = changes.user() {
-                    let conn = self.lazy_conn(&mut pool).await?;
-                    self.index_remove(conn, user, &[key]).await?;
-                }
-                return Ok(SaveOutcome::Gone);
-            }
-            if let Some(previous) = reply
-                .previous
-                .as_deref()
-                .filter(|p| Some(*p) != reply.current.as_deref())
-            {
-                let conn = self.lazy_conn(&mut pool).await?;
-                self.index_remove(conn, previous, &[key]).await?;
-            }
-            if let (true, Some(current)) = (reply.rescore, &reply.current) {
-                // Index first, then the record of it: if this stops halfway,
-                // the next save sees the old score and re-scores again.
-                let conn = self.lazy_conn(&mut pool).await?;
-                self.index_add(conn, current, key, score).await?;
-                self.eval::<i64>(
-                    conn,
-                    &scripts::SET_INDEX_SCORE,
-                    &self.session_key(key),
-                    |cmd| {
-                        cmd.arg(score);
-                    },
-                    false,
-                )
-                .await?;
-            }
-            Ok(SaveOutcome::Applied)
-        })
-        .await
+        Ok(self.save_with(key, changes, None).await?.0)
     }
 
     /// Rotation works on Cluster, where `from` and `to` usually live on
@@ -780,7 +585,6 @@ impl SessionStore for RedisStore {
                     true,
                 )
                 .await?;
-            self.evict(from);
             if fields.is_empty() {
                 return Ok(SaveOutcome::Gone);
             }
@@ -819,7 +623,6 @@ impl SessionStore for RedisStore {
                     true,
                 )
                 .await?;
-            self.evict(key);
             if let (1, Some(user)) = (deleted, &user) {
                 self.index_remove(&mut conn, user, &[key]).await?;
             }
@@ -900,7 +703,6 @@ impl SessionStore for RedisStore {
                     Ok(deleted == 1)
                 })
                 .await?;
-            self.evict(key);
             if gone {
                 deleted.push(key);
             }
@@ -913,164 +715,5 @@ impl SessionStore for RedisStore {
             .await?;
         }
         Ok(deleted.len() as u64)
-    }
-}
-
-/// What the save script answered.
-struct SaveReply {
-    applied: i64,
-    previous: Option<String>,
-    current: Option<String>,
-    version: Option<u64>,
-    rescore: bool,
-}
-
-impl SaveReply {
-    /// A session that is gone gives three elements, an applied save five.
-    fn parse(reply: Vec<Value>) -> Result<Self, StoreError> {
-        let mut reply = reply.into_iter();
-        let mut next = || reply.next().unwrap_or(Value::Nil);
-        Ok(Self {
-            applied: field(next())?,
-            previous: field(next())?,
-            current: field(next())?,
-            version: field(next())?,
-            rescore: field::<Option<i64>>(next())? == Some(1),
-        })
-    }
-}
-
-fn field<T: FromRedisValue>(value: Value) -> Result<T, StoreError> {
-    redis::from_redis_value(value).map_err(StoreError::backend)
-}
-
-/// The score a session's user index entry gets when it is written: the
-/// session's expiry plus as long again as it has left to live. Entries are
-/// trimmed only once their score has passed, so the score must never fall
-/// behind the session's expiry (or "log out everywhere" would miss it); keeping
-/// it ahead by a whole lifetime means a session with sliding expiry re-scores
-/// its entry about once per idle period rather than on every save, and an
-/// entry outlives its session by at most one lifetime.
-fn index_score(expires_at: SystemTime) -> u64 {
-    let expires = millis(expires_at);
-    let now = millis(SystemTime::now());
-    expires.saturating_add(expires.saturating_sub(now))
-}
-
-/// Rebuilds a record and its version (`m:v`, 0 for hashes written before
-/// versions existed) from its hash fields.
-fn decode_versioned(mut fields: HashMap<String, String>) -> Result<(Record, u64), StoreError> {
-    let version = fields
-        .remove(VERSION)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    Ok((decode(fields)?, version))
-}
-
-/// Maps an error on the near cache's connection, forgetting the connection
-/// when the error says it is broken.
-fn near_failure(near: &Tracker, generation: u64, error: RedisError) -> StoreError {
-    if is_unavailable(&error) {
-        near.connection_failed(generation);
-    }
-    map_redis_error(error)
-}
-
-/// Rebuilds a record from its hash fields.
-fn decode(fields: HashMap<String, String>) -> Result<Record, StoreError> {
-    let mut data = HashMap::with_capacity(fields.len());
-    let (mut created, mut expires, mut user) = (None, None, None);
-    for (field, value) in fields {
-        if let Some(name) = field.strip_prefix(DATA) {
-            data.insert(name.to_owned(), value);
-        } else {
-            match field.as_str() {
-                CREATED => created = value.parse::<u64>().ok(),
-                EXPIRES => expires = value.parse::<u64>().ok(),
-                USER => user = Some(value),
-                // Fields a later version may add: ignore rather than fail.
-                _ => {}
-            }
-        }
-    }
-    match (created, expires) {
-        (Some(created), Some(expires)) => Ok(Record {
-            data,
-            user,
-            created_at: from_millis(created),
-            expires_at: from_millis(expires),
-        }),
-        _ => Err(StoreError::backend(
-            "a session hash in Redis lacks its creation or expiry time",
-        )),
-    }
-}
-
-fn millis(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn from_millis(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
-}
-
-/// A store call that ran out of its time budget.
-#[derive(Debug, thiserror::Error)]
-#[error("no answer from Redis within {0:?}")]
-struct TimedOut(Duration);
-
-/// A write that too few replicas confirmed.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "write reached {acked} of {wanted} required replicas within {timeout:?}; it is applied on the primary but may be lost if it fails over"
-)]
-struct NotReplicated {
-    acked: u32,
-    wanted: u32,
-    timeout: Duration,
-}
-
-/// Errors that say the server is (for now) not reachable or not the right one
-/// to talk to: worth a `503` and a retry, and reason to drop the connection.
-fn is_unavailable(error: &RedisError) -> bool {
-    error.is_io_error()
-        || error.is_timeout()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
-        || matches!(
-            error.kind(),
-            ErrorKind::Io
-                | ErrorKind::ClusterConnectionNotFound
-                | ErrorKind::MasterNameNotFoundBySentinel
-                | ErrorKind::EmptySentinelList
-                | ErrorKind::Server(
-                    ServerErrorKind::ReadOnly
-                        | ServerErrorKind::MasterDown
-                        | ServerErrorKind::ClusterDown
-                        | ServerErrorKind::TryAgain
-                        | ServerErrorKind::BusyLoading
-                )
-        )
-}
-
-fn map_redis_error(error: RedisError) -> StoreError {
-    if is_unavailable(&error) {
-        tracing::warn!(%error, "redis session store unavailable");
-        StoreError::unavailable(error)
-    } else {
-        tracing::error!(%error, "redis session store error");
-        StoreError::backend(error)
-    }
-}
-
-fn map_pool_error(error: deadpool_redis::PoolError) -> StoreError {
-    match error {
-        deadpool_redis::PoolError::Backend(error) => map_redis_error(error),
-        deadpool_redis::PoolError::Timeout(_) | deadpool_redis::PoolError::Closed => {
-            tracing::warn!(%error, "redis session store unavailable");
-            StoreError::unavailable(error)
-        }
-        other => StoreError::backend(other),
     }
 }

@@ -1,0 +1,210 @@
+//! How a session is laid out in Redis: key names, hash fields, and turning
+//! replies back into records.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use deadpool_redis::redis::{self, FromRedisValue, Value};
+use sha2::{Digest, Sha256};
+
+use crate::id::StorageKey;
+use crate::store::{Record, StoreError, Version};
+
+pub(super) const CREATED: &str = "m:created";
+pub(super) const EXPIRES: &str = "m:expires";
+pub(super) const USER: &str = "m:user";
+pub(super) const VERSION: &str = "m:v";
+pub(super) const INDEX_SCORE: &str = "m:iscore";
+pub(super) const DATA: &str = "d:";
+
+/// The session hash's key: the braces are a Cluster hash tag, so everything
+/// about one session lives on one slot.
+pub(super) fn session_key(prefix: &str, key: &StorageKey) -> String {
+    format!("{prefix}{{{}}}", key.as_str())
+}
+
+/// The storage key back from a session hash's key (as Redis names it in an
+/// invalidation), or `None` for any other key.
+pub(super) fn storage_key_of(prefix: &str, redis_key: &[u8]) -> Option<StorageKey> {
+    let rest = redis_key.strip_prefix(prefix.as_bytes())?;
+    let inner = rest.strip_prefix(b"{")?.strip_suffix(b"}")?;
+    StorageKey::parse(std::str::from_utf8(inner).ok()?)
+}
+
+/// The user index key carries a hash of the user, not the name: user names can
+/// be personal data (e-mail addresses), and key names are shown by every tool.
+pub(super) fn index_key(prefix: &str, user: &str) -> String {
+    let hash = URL_SAFE_NO_PAD.encode(Sha256::digest(user.as_bytes()));
+    format!("{prefix}user:{{{hash}}}")
+}
+
+/// What the save script answered.
+pub(super) struct SaveReply {
+    pub applied: bool,
+    pub previous: Option<String>,
+    pub current: Option<String>,
+    pub version: Version,
+    pub rescore: bool,
+}
+
+impl SaveReply {
+    /// A session that is gone gives three elements, an applied save five.
+    pub fn parse(reply: Vec<Value>) -> Result<Self, StoreError> {
+        let mut reply = reply.into_iter();
+        let mut next = || reply.next().unwrap_or(Value::Nil);
+        Ok(Self {
+            applied: field::<i64>(next())? == 1,
+            previous: field(next())?,
+            current: field(next())?,
+            version: Version::new(field::<Option<u64>>(next())?.unwrap_or(0)),
+            rescore: field::<Option<i64>>(next())? == Some(1),
+        })
+    }
+}
+
+pub(super) fn field<T: FromRedisValue>(value: Value) -> Result<T, StoreError> {
+    redis::from_redis_value(value).map_err(StoreError::backend)
+}
+
+/// The score a session's user index entry gets when it is written: the
+/// session's expiry plus as long again as it has left to live. Entries are
+/// trimmed only once their score has passed, so the score must never fall
+/// behind the session's expiry (or "log out everywhere" would miss it); keeping
+/// it ahead by a whole lifetime means a session with sliding expiry re-scores
+/// its entry about once per idle period rather than on every save, and an
+/// entry outlives its session by at most one lifetime.
+pub(super) fn index_score(expires_at: SystemTime) -> u64 {
+    let expires = millis(expires_at);
+    let now = millis(SystemTime::now());
+    expires.saturating_add(expires.saturating_sub(now))
+}
+
+/// Rebuilds a record and its version (`m:v`, 0 for hashes written before
+/// versions existed) from its hash fields.
+pub(super) fn decode_versioned(
+    mut fields: HashMap<String, String>,
+) -> Result<(Record, Version), StoreError> {
+    let version = fields
+        .remove(VERSION)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok((decode(fields)?, Version::new(version)))
+}
+
+/// Rebuilds a record from its hash fields.
+pub(super) fn decode(fields: HashMap<String, String>) -> Result<Record, StoreError> {
+    let mut data = HashMap::with_capacity(fields.len());
+    let (mut created, mut expires, mut user) = (None, None, None);
+    for (field, value) in fields {
+        if let Some(name) = field.strip_prefix(DATA) {
+            data.insert(name.to_owned(), value);
+        } else {
+            match field.as_str() {
+                CREATED => created = value.parse::<u64>().ok(),
+                EXPIRES => expires = value.parse::<u64>().ok(),
+                USER => user = Some(value),
+                // Fields a later version may add: ignore rather than fail.
+                _ => {}
+            }
+        }
+    }
+    match (created, expires) {
+        (Some(created), Some(expires)) => Ok(Record {
+            data,
+            user,
+            created_at: from_millis(created),
+            expires_at: from_millis(expires),
+        }),
+        _ => Err(StoreError::backend(
+            "a session hash in Redis lacks its creation or expiry time",
+        )),
+    }
+}
+
+pub(super) fn millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+pub(super) fn from_millis(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::SessionId;
+
+    fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_hash_decodes_into_its_record_and_version() {
+        let (record, version) = decode_versioned(fields(&[
+            ("m:created", "1000"),
+            ("m:expires", "5000"),
+            ("m:user", "alice"),
+            ("m:v", "7"),
+            ("m:iscore", "9000"),
+            ("m:later", "ignored"),
+            ("d:count", "3"),
+            ("d:d:odd", "\"x\""),
+        ]))
+        .unwrap();
+        assert_eq!(version, Version::new(7));
+        assert_eq!(record.user.as_deref(), Some("alice"));
+        assert_eq!(record.created_at, from_millis(1000));
+        assert_eq!(record.expires_at, from_millis(5000));
+        assert_eq!(record.data.len(), 2);
+        assert_eq!(record.data["count"], "3");
+        assert_eq!(record.data["d:odd"], "\"x\"");
+    }
+
+    #[test]
+    fn a_hash_without_its_times_is_an_error_not_a_session() {
+        assert!(decode(fields(&[("m:created", "1000"), ("d:a", "1")])).is_err());
+        assert!(decode(fields(&[("m:created", "x"), ("m:expires", "1")])).is_err());
+    }
+
+    #[test]
+    fn invalidated_keys_map_back_to_storage_keys_and_nothing_else() {
+        let key = SessionId::generate().storage_key();
+        let redis_key = session_key("app:", &key);
+        assert_eq!(storage_key_of("app:", redis_key.as_bytes()), Some(key));
+        assert_eq!(storage_key_of("other:", redis_key.as_bytes()), None);
+        let index = index_key("app:", "alice");
+        assert_eq!(storage_key_of("app:", index.as_bytes()), None);
+        assert!(!index.contains("alice"), "the index key hides the user");
+    }
+
+    #[test]
+    fn save_replies_parse_for_applied_and_gone_sessions() {
+        let applied = SaveReply::parse(vec![
+            Value::Int(1),
+            Value::Nil,
+            Value::BulkString(b"bob".to_vec()),
+            Value::BulkString(b"12".to_vec()),
+            Value::Int(1),
+        ])
+        .unwrap();
+        assert!(applied.applied && applied.rescore);
+        assert_eq!(applied.version, Version::new(12));
+        assert_eq!(applied.current.as_deref(), Some("bob"));
+        let gone = SaveReply::parse(vec![Value::Int(0), Value::Nil, Value::Nil]).unwrap();
+        assert!(!gone.applied && !gone.rescore);
+    }
+
+    #[test]
+    fn index_scores_stay_a_lifetime_ahead_of_expiry() {
+        let expires = SystemTime::now() + Duration::from_secs(100);
+        let score = index_score(expires);
+        let ahead = score - millis(expires);
+        assert!((99_000..=100_000).contains(&ahead), "{ahead}");
+    }
+}

@@ -1,0 +1,284 @@
+//! The near cache's channel on Redis: one RESP3 connection with server-assisted
+//! client-side caching (`CLIENT TRACKING ON NOLOOP`). Redis pushes an
+//! invalidation on that same connection when a key read on it changes;
+//! redis-rs hands each push to [`PushToCache`] from the connection's reader,
+//! in order with the replies, so an invalidation that Redis sent before a
+//! reply is always applied before that reply is seen.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use deadpool_redis::redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
+use deadpool_redis::redis::{
+    self, AsyncConnectionConfig, Cmd, ConnectionInfo, ErrorKind, ProtocolVersion, PushInfo,
+    PushKind, RedisError, ServerErrorKind, Value,
+};
+
+use super::codec::{SaveReply, decode_versioned, session_key, storage_key_of};
+use super::errors::{is_unavailable, map_redis_error};
+use super::url::Target;
+use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT, RedisStore, scripts};
+use crate::id::StorageKey;
+use crate::store::{
+    ChangeSet, Invalidations, Record, SaveOutcome, StoreError, Trackable, TrackedSave, Version,
+};
+
+/// A [`NearCache`](crate::NearCache)'s channel on Redis: a connection whose
+/// reads Redis tracks for this process.
+pub struct RedisChannel {
+    conn: MultiplexedConnection,
+    events: Invalidations,
+    /// The store's count of primary switches when the channel opened.
+    switches: u64,
+}
+
+impl fmt::Debug for RedisChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisChannel").finish_non_exhaustive()
+    }
+}
+
+impl RedisChannel {
+    /// Maps an error on the channel, giving the channel up when the error
+    /// says it may be broken or pointing at the wrong server.
+    fn failed(&self, error: RedisError) -> StoreError {
+        if is_unavailable(&error) {
+            self.events.lost("tracking connection failed");
+        }
+        map_redis_error(error)
+    }
+
+    /// Runs the save script over the channel.
+    pub(super) async fn save_script(
+        &self,
+        redis_key: &str,
+        args: impl Fn(&mut Cmd),
+    ) -> Result<SaveReply, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(scripts::SAVE.get_hash()).arg(1).arg(redis_key);
+        args(&mut cmd);
+        let reply: Vec<Value> = match cmd.query_async(&mut conn).await {
+            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                scripts::SAVE
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(|error| self.failed(error))?;
+                cmd.query_async(&mut conn).await
+            }
+            other => other,
+        }
+        .map_err(|error| self.failed(error))?;
+        SaveReply::parse(reply)
+    }
+}
+
+/// Delivers the channel's pushes to the cache. It never blocks: it takes the
+/// cache's lock for a few map operations.
+struct PushToCache {
+    events: Invalidations,
+    prefix: Arc<str>,
+}
+
+impl AsyncPushSender for PushToCache {
+    fn send(&self, info: PushInfo) -> Result<(), SendError> {
+        match info.kind {
+            PushKind::Invalidate => match info.data.into_iter().next() {
+                Some(Value::Array(keys)) => {
+                    for key in keys {
+                        if let Value::BulkString(key) = key
+                            && let Some(key) = storage_key_of(&self.prefix, &key)
+                        {
+                            self.events.key(&key);
+                        }
+                    }
+                }
+                // A nil list: the server flushed its data.
+                _ => self.events.all(),
+            },
+            PushKind::Disconnection => self.events.lost("tracking connection lost"),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl RedisStore {
+    /// Where the channel connects: the server of the URL, or the primary the
+    /// sentinels name now.
+    async fn tracking_target(&self) -> Result<ConnectionInfo, StoreError> {
+        match self.target.as_deref() {
+            Some(Target::Standalone(url)) => Ok(redis::Client::open(url.as_str())
+                .map_err(map_redis_error)?
+                .get_connection_info()
+                .clone()),
+            Some(Target::Sentinel {
+                sentinels,
+                master_name,
+                db,
+            }) => primary_of(sentinels, master_name, *db).await,
+            Some(Target::Cluster { .. }) | None => Err(untrackable(self.target.as_deref())),
+        }
+    }
+}
+
+fn untrackable(target: Option<&Target>) -> StoreError {
+    match target {
+        Some(Target::Cluster { .. }) => StoreError::backend(
+            "the near cache works with standalone and Sentinel deployments, not Cluster",
+        ),
+        _ => StoreError::backend(
+            "the near cache needs a store made by RedisStore::connect, which knows where to open its tracking connection",
+        ),
+    }
+}
+
+#[async_trait]
+impl Trackable for RedisStore {
+    type Channel = RedisChannel;
+
+    fn check_trackable(&self) -> Result<(), StoreError> {
+        match self.target.as_deref() {
+            Some(Target::Standalone(_) | Target::Sentinel { .. }) => Ok(()),
+            other => Err(untrackable(other)),
+        }
+    }
+
+    async fn open_channel(&self, events: Invalidations) -> Result<RedisChannel, StoreError> {
+        let switches = self.primary_switches();
+        self.bounded(0, async {
+            let info = self.tracking_target().await?;
+            let resp3 = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            let client =
+                redis::Client::open(info.set_redis_settings(resp3)).map_err(map_redis_error)?;
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                .set_push_sender(PushToCache {
+                    events: events.clone(),
+                    prefix: self.prefix.clone(),
+                });
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map_err(map_redis_error)?;
+            // NOLOOP: this process's own saves update the cache themselves
+            // (see the near cache's docs) rather than invalidating it.
+            redis::cmd("CLIENT")
+                .arg("TRACKING")
+                .arg("ON")
+                .arg("NOLOOP")
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(map_redis_error)?;
+            Ok(RedisChannel {
+                conn,
+                events,
+                switches,
+            })
+        })
+        .await
+    }
+
+    fn channel_is_current(&self, channel: &RedisChannel) -> bool {
+        channel.switches == self.primary_switches()
+    }
+
+    async fn load_tracked(
+        &self,
+        channel: &RedisChannel,
+        key: &StorageKey,
+    ) -> Result<Option<(Record, Version)>, StoreError> {
+        let loaded = self
+            .bounded(0, async {
+                let mut conn = channel.conn.clone();
+                redis::cmd("HGETALL")
+                    .arg(session_key(&self.prefix, key))
+                    .query_async::<HashMap<String, String>>(&mut conn)
+                    .await
+                    .map_err(|error| channel.failed(error))
+            })
+            .await;
+        let fields = match loaded {
+            Ok(fields) => fields,
+            Err(error) => {
+                // Out of time with the request still in flight: whatever the
+                // connection answers later can no longer be matched up.
+                channel.events.lost("tracking connection timed out");
+                return Err(error);
+            }
+        };
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let (record, version) = decode_versioned(fields)?;
+        Ok((record.expires_at > SystemTime::now()).then_some((record, version)))
+    }
+
+    async fn save_tracked(
+        &self,
+        channel: &RedisChannel,
+        key: &StorageKey,
+        changes: &ChangeSet,
+    ) -> Result<TrackedSave, StoreError> {
+        // A `WAIT` for replicas would stall every request sharing the
+        // channel's connection: durable saves go through the pool instead.
+        let on_channel = self.replica_acks.is_none();
+        let saved = self
+            .save_with(key, changes, on_channel.then_some(channel))
+            .await;
+        if on_channel && matches!(saved, Err(StoreError::Unavailable(_))) {
+            // Possibly cut off mid-request: the connection's later answers can
+            // no longer be matched up.
+            channel
+                .events
+                .lost("save on the tracking connection failed");
+        }
+        Ok(match saved? {
+            (SaveOutcome::Gone, _) => TrackedSave::Gone,
+            (SaveOutcome::Applied, version) if on_channel => TrackedSave::OnChannel(version),
+            (SaveOutcome::Applied, version) => TrackedSave::Elsewhere(version),
+        })
+    }
+}
+
+/// Asks the sentinels, in turn, where the primary is now.
+async fn primary_of(
+    sentinels: &[String],
+    master_name: &str,
+    db: i64,
+) -> Result<ConnectionInfo, StoreError> {
+    let mut last_error = None;
+    for sentinel in sentinels {
+        let attempt = async {
+            let client = redis::Client::open(sentinel.as_str())?;
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT));
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(master_name)
+                .query_async::<Option<(String, u16)>>(&mut conn)
+                .await
+        };
+        match attempt.await {
+            Ok(Some((host, port))) => {
+                return redis::Client::open(format!("redis://{host}:{port}/{db}"))
+                    .map(|client| client.get_connection_info().clone())
+                    .map_err(map_redis_error);
+            }
+            Ok(None) => last_error = Some(StoreError::unavailable("no sentinel knows the primary")),
+            Err(error) => last_error = Some(map_redis_error(error)),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| StoreError::backend("no sentinel to ask")))
+}
