@@ -55,6 +55,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod commit;
 mod config;
 mod cookie;
 mod error;

@@ -10,6 +10,7 @@ use http::HeaderValue;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::commit::{self, Pending, Step, Stored};
 use crate::config::Config;
 use crate::error::Error;
 use crate::expiry::Expiry;
@@ -56,17 +57,6 @@ struct Shared {
     store: Arc<dyn SessionStore>,
     config: Arc<Config>,
     state: Mutex<State>,
-}
-
-/// A session that exists in the store, as this request found it.
-#[derive(Clone)]
-struct Stored {
-    id: SessionId,
-    key: StorageKey,
-    created_at: SystemTime,
-    expires_at: SystemTime,
-    /// The version the client's cookie says it last wrote, if any.
-    seen: Option<Version>,
 }
 
 struct State {
@@ -214,12 +204,24 @@ impl Session {
             source,
         })?;
         let mut state = self.state();
-        if state.data.get(key) == Some(&json) {
+        if state
+            .data
+            .get(key)
+            .is_some_and(|held| same_json(held, &json))
+        {
             return Ok(());
         }
         state.changes.insert(key, json.clone());
         state.data.insert(key.to_owned(), json);
         Ok(())
+    }
+
+    /// True when the request changed the session in a way that will be
+    /// written: a key set to a new value or removed, a user change, a cycled
+    /// ID, or a destroyed session. (An idle refresh alone does not count.)
+    pub fn is_modified(&self) -> bool {
+        let state = self.state();
+        !state.changes.is_touch_only() || state.cycle || state.ended.is_some()
     }
 
     /// Removes `key`; returns whether it was present.
@@ -354,108 +356,103 @@ impl Session {
         Ok(deleted)
     }
 
-    /// Saves what the request changed. Returns the `Set-Cookie` value to send, if
-    /// any. Runs once, after the handler.
+    /// Takes what the request left to save, once.
+    fn take_pending(&self) -> Option<Pending> {
+        let mut state = self.state();
+        if state.committed {
+            return None;
+        }
+        state.committed = true;
+        let data = if state.stored.is_none() {
+            std::mem::take(&mut state.data)
+        } else {
+            Data::new()
+        };
+        Some(Pending {
+            stored: state.stored.clone(),
+            ended: state.ended.take(),
+            changes: std::mem::replace(&mut state.changes, ChangeSet::new(SystemTime::UNIX_EPOCH)),
+            cycle: state.cycle,
+            data,
+            user: state.user.clone(),
+        })
+    }
+
+    /// Saves what the request changed, as [`commit::plan`] decides. Returns
+    /// the `Set-Cookie` value to send, if any. Runs once, after the handler.
     pub(crate) async fn commit(&self) -> Result<Option<HeaderValue>, CommitError> {
         let config = &self.shared.config;
         let store = &*self.shared.store;
-        let now = SystemTime::now();
-        let (stored, ended, mut changes, cycle, data, user) = {
-            let mut state = self.state();
-            if state.committed {
-                return Ok(None);
-            }
-            state.committed = true;
-            let data = if state.stored.is_none() {
-                std::mem::take(&mut state.data)
-            } else {
-                Data::new()
-            };
-            (
-                state.stored.clone(),
-                state.ended.take(),
-                std::mem::replace(&mut state.changes, ChangeSet::new(now)),
-                state.cycle,
-                data,
-                state.user.clone(),
-            )
+        let Some(pending) = self.take_pending() else {
+            return Ok(None);
         };
+        let plan = commit::plan(pending, &config.timeouts, SystemTime::now());
+        let persistent = config.cookie.persistent;
 
         let mut cookie = None;
-        if let Some(key) = ended {
-            bounded(config, store.delete(&key)).await?;
+        if let Some(key) = &plan.delete {
+            bounded(config, store.delete(key)).await?;
             cookie = Some(config.cookie.removal());
         }
-
-        let Some(stored) = stored else {
-            if data.is_empty() && user.is_none() {
-                return Ok(cookie);
+        match plan.step {
+            Step::Nothing => Ok(cookie),
+            Step::Create(record) => {
+                for _ in 0..CREATE_ATTEMPTS {
+                    let id = SessionId::generate();
+                    if bounded(config, store.create(&id.storage_key(), &record)).await? {
+                        return Ok(Some(config.cookie.issue(&id, None, record.expires_at)));
+                    }
+                }
+                Err(StoreError::backend("no free session ID after several attempts").into())
             }
-            let expires_at = config.timeouts.deadline(now, now);
-            let record = Record {
-                data,
-                user,
-                created_at: now,
-                expires_at,
-            };
-            for _ in 0..CREATE_ATTEMPTS {
+            Step::Rotate(stored, changes) => {
                 let id = SessionId::generate();
-                if bounded(config, store.create(&id.storage_key(), &record)).await? {
-                    return Ok(Some(config.cookie.issue(&id, None, expires_at)));
+                match bounded(
+                    config,
+                    store.rotate(&stored.key, &id.storage_key(), &changes),
+                )
+                .await?
+                {
+                    // A fresh key: no copy of it is cached anywhere, so its
+                    // first load needs no version to compare against.
+                    SaveOutcome::Applied => {
+                        Ok(Some(config.cookie.issue(&id, None, changes.expires_at())))
+                    }
+                    SaveOutcome::Gone => Err(CommitError::Gone),
                 }
             }
-            return Err(StoreError::backend("no free session ID after several attempts").into());
-        };
-
-        let expires_at = config.timeouts.deadline(stored.created_at, now);
-        changes.set_expires_at(expires_at);
-        let persistent = config.cookie.persistent;
-        if cycle {
-            let id = SessionId::generate();
-            return match bounded(
-                config,
-                store.rotate(&stored.key, &id.storage_key(), &changes),
-            )
-            .await?
-            {
-                // A fresh key: no copy of it is cached anywhere, so its first
-                // load needs no version to compare against.
-                SaveOutcome::Applied => Ok(Some(config.cookie.issue(&id, None, expires_at))),
-                SaveOutcome::Gone => Err(CommitError::Gone),
-            };
-        }
-        if !changes.is_touch_only() {
-            return match bounded(config, store.save_versioned(&stored.key, &changes)).await? {
-                // A store that reports versions may answer later loads from a
-                // copy that lags: the cookie tells it which version this
-                // client must at least see next.
-                (SaveOutcome::Applied, Some(version)) => Ok(Some(config.cookie.issue(
-                    &stored.id,
-                    Some(version),
-                    expires_at,
-                ))),
-                (SaveOutcome::Applied, None) => Ok(
-                    persistent.then(|| config.cookie.issue(&stored.id, stored.seen, expires_at))
-                ),
-                (SaveOutcome::Gone, _) => Err(CommitError::Gone),
-            };
-        }
-        let Some(refreshed) = config
-            .timeouts
-            .refresh(stored.created_at, stored.expires_at, now)
-        else {
-            return Ok(cookie);
-        };
-        changes.set_expires_at(refreshed);
-        match bounded(config, store.save(&stored.key, &changes)).await? {
-            // Only the expiry moved, so the client needs no newer version than
-            // the one its cookie already carries.
-            SaveOutcome::Applied => {
-                Ok(persistent.then(|| config.cookie.issue(&stored.id, stored.seen, refreshed)))
+            Step::Save(stored, changes) => {
+                match bounded(config, store.save_versioned(&stored.key, &changes)).await? {
+                    // A store that reports versions may answer later loads
+                    // from a copy that lags: the cookie tells it which version
+                    // this client must at least see next.
+                    (SaveOutcome::Applied, Some(version)) => Ok(Some(config.cookie.issue(
+                        &stored.id,
+                        Some(version),
+                        changes.expires_at(),
+                    ))),
+                    (SaveOutcome::Applied, None) => Ok(persistent.then(|| {
+                        config
+                            .cookie
+                            .issue(&stored.id, stored.seen, changes.expires_at())
+                    })),
+                    (SaveOutcome::Gone, _) => Err(CommitError::Gone),
+                }
             }
-            // Only the idle deadline was to move, and the session ended anyway:
-            // nothing the request did is lost.
-            SaveOutcome::Gone => Ok(None),
+            Step::Touch(stored, changes) => {
+                match bounded(config, store.save(&stored.key, &changes)).await? {
+                    // Only the expiry moved, so the client needs no newer
+                    // version than the one its cookie already carries.
+                    SaveOutcome::Applied => Ok(persistent.then(|| {
+                        config
+                            .cookie
+                            .issue(&stored.id, stored.seen, changes.expires_at())
+                    })),
+                    // Only the idle deadline was to move, and the session ended
+                    // anyway: nothing the request did is lost.
+                    SaveOutcome::Gone => Ok(None),
+                }
+            }
         }
     }
 }
@@ -471,6 +468,21 @@ impl fmt::Debug for Session {
     }
 }
 
+/// Whether two JSON texts hold the same value. Stores may hand text back in
+/// another form than it was written (PostgreSQL's `jsonb` reorders object keys
+/// and drops spaces), and re-inserting an unchanged value must not count as a
+/// change; comparing text first keeps the common case cheap.
+fn same_json(held: &str, new: &str) -> bool {
+    held == new
+        || matches!(
+            (
+                serde_json::from_str::<serde_json::Value>(held),
+                serde_json::from_str::<serde_json::Value>(new),
+            ),
+            (Ok(a), Ok(b)) if a == b
+        )
+}
+
 /// Runs a store call under the layer's store timeout; running out counts as the
 /// store being unavailable, so a hung store answers 503 instead of hanging.
 pub(crate) async fn bounded<T>(
@@ -483,5 +495,22 @@ pub(crate) async fn bounded<T>(
             "no answer within {:?}",
             config.store_timeout
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_json;
+
+    #[test]
+    fn json_texts_compare_by_value() {
+        assert!(same_json(
+            r#"{"b":1,"a":[1,2]}"#,
+            r#"{"a": [1, 2], "b": 1}"#
+        ));
+        assert!(!same_json(r#"{"a":1}"#, r#"{"a":2}"#));
+        assert!(!same_json("1", "\"1\""));
+        assert!(same_json("not json", "not json"));
+        assert!(!same_json("not json", "null"));
     }
 }

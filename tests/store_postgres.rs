@@ -501,3 +501,35 @@ async fn session_ids_never_appear_in_the_table() {
     }
     assert_eq!(dump.lines().count(), live.len());
 }
+
+/// `jsonb` hands objects back with its own key order and spacing; putting the
+/// same struct into the session on the next request must not count as a
+/// change (it used to write on every request).
+#[tokio::test]
+async fn re_inserting_an_unchanged_object_writes_nothing() {
+    let store = common::instrumented::Instrumented::new(postgres_server::store().await);
+    let app = app(store.clone());
+    let profile = r#"{"zeta":1,"alpha":[1,2],"middle":{"b":true,"a":null}}"#;
+    let (status, cookie, _) = send(&app, "PUT", "/kv/profile", None, profile).await;
+    assert_eq!(status, StatusCode::OK);
+    let cookie = cookie.expect("no session cookie");
+    let (_, _, stored) = send(&app, "GET", "/kv/profile", Some(&cookie), "").await;
+    assert_ne!(stored, profile, "jsonb should have reordered the keys");
+    let writes = store.writes();
+    for _ in 0..3 {
+        let (status, _, _) = send(&app, "PUT", "/kv/profile", Some(&cookie), profile).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(
+        store.writes(),
+        writes,
+        "an unchanged value was written again"
+    );
+    let changed = r#"{"zeta":2,"alpha":[1,2],"middle":{"b":true,"a":null}}"#;
+    send(&app, "PUT", "/kv/profile", Some(&cookie), changed).await;
+    assert_eq!(
+        store.writes(),
+        writes + 1,
+        "a changed value must be written"
+    );
+}

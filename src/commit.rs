@@ -1,0 +1,238 @@
+//! What saving a session at the end of a request must do, decided without
+//! touching the store: a pure function of the session's state, the timeouts
+//! and the time, so every case is unit-tested. [`Session::commit`] carries the
+//! plan out.
+//!
+//! [`Session::commit`]: crate::Session
+
+use std::time::SystemTime;
+
+use crate::expiry::Timeouts;
+use crate::id::{SessionId, StorageKey};
+use crate::store::{ChangeSet, Data, Record, Version};
+
+/// A session that exists in the store, as this request found it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Stored {
+    pub id: SessionId,
+    pub key: StorageKey,
+    pub created_at: SystemTime,
+    pub expires_at: SystemTime,
+    /// The version the client's cookie says it last wrote, if any.
+    pub seen: Option<Version>,
+}
+
+/// What a request left behind, taken out of the session once it is done.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// The session the request works on, if it is in the store.
+    pub stored: Option<Stored>,
+    /// A session the request destroyed.
+    pub ended: Option<StorageKey>,
+    pub changes: ChangeSet,
+    pub cycle: bool,
+    /// The contents of a session that is not stored yet.
+    pub data: Data,
+    pub user: Option<String>,
+}
+
+/// The store write, at most one, after any delete.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Step {
+    /// Nothing to write (and no cookie to send, unless a delete asks to
+    /// remove it).
+    Nothing,
+    /// Store a new session under a fresh ID.
+    Create(Record),
+    /// Move the stored session to a fresh ID, applying the changes.
+    Rotate(Stored, ChangeSet),
+    /// Apply the request's changes (and the new expiry).
+    Save(Stored, ChangeSet),
+    /// Only push the idle deadline back.
+    Touch(Stored, ChangeSet),
+}
+
+/// What committing a request does, in order.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Plan {
+    /// Delete this session first (the request destroyed it) and remove the
+    /// cookie, unless the step issues a new one.
+    pub delete: Option<StorageKey>,
+    pub step: Step,
+}
+
+/// Decides what to write for `pending` at `now`.
+pub(crate) fn plan(pending: Pending, timeouts: &Timeouts, now: SystemTime) -> Plan {
+    let Pending {
+        stored,
+        ended,
+        mut changes,
+        cycle,
+        data,
+        user,
+    } = pending;
+    let step = match stored {
+        // A session not stored yet is stored only once it holds something.
+        None if data.is_empty() && user.is_none() => Step::Nothing,
+        None => Step::Create(Record {
+            data,
+            user,
+            created_at: now,
+            expires_at: timeouts.deadline(now, now),
+        }),
+        Some(stored) => {
+            changes.set_expires_at(timeouts.deadline(stored.created_at, now));
+            if cycle {
+                Step::Rotate(stored, changes)
+            } else if !changes.is_touch_only() {
+                Step::Save(stored, changes)
+            } else {
+                match timeouts.refresh(stored.created_at, stored.expires_at, now) {
+                    Some(refreshed) => {
+                        changes.set_expires_at(refreshed);
+                        Step::Touch(stored, changes)
+                    }
+                    None => Step::Nothing,
+                }
+            }
+        }
+    };
+    Plan {
+        delete: ended,
+        step,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::UserChange;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn timeouts() -> Timeouts {
+        // Refresh interval: a quarter of idle, 10 minutes.
+        Timeouts::new(40 * MIN, 600 * MIN)
+    }
+
+    fn at(minutes: u32) -> SystemTime {
+        SystemTime::UNIX_EPOCH + 1_000_000 * MIN + minutes * MIN
+    }
+
+    /// A session created at minute 0, last refreshed to expire at minute 40.
+    fn stored() -> Stored {
+        let id = SessionId::generate();
+        Stored {
+            key: id.storage_key(),
+            id,
+            created_at: at(0),
+            expires_at: at(40),
+            seen: None,
+        }
+    }
+
+    fn pending(stored: Option<Stored>) -> Pending {
+        Pending {
+            stored,
+            ended: None,
+            changes: ChangeSet::new(SystemTime::UNIX_EPOCH),
+            cycle: false,
+            data: Data::new(),
+            user: None,
+        }
+    }
+
+    #[test]
+    fn an_untouched_new_session_writes_nothing() {
+        let plan = plan(pending(None), &timeouts(), at(1));
+        assert_eq!(plan.step, Step::Nothing);
+        assert_eq!(plan.delete, None);
+    }
+
+    #[test]
+    fn a_new_session_with_data_or_a_user_is_created_with_an_idle_deadline() {
+        let mut p = pending(None);
+        p.data.insert("a".into(), "1".into());
+        let Step::Create(record) = plan(p, &timeouts(), at(3)).step else {
+            panic!("expected a create");
+        };
+        assert_eq!((record.created_at, record.expires_at), (at(3), at(43)));
+
+        let mut p = pending(None);
+        p.user = Some("alice".into());
+        assert!(matches!(plan(p, &timeouts(), at(3)).step, Step::Create(_)));
+    }
+
+    #[test]
+    fn a_destroyed_session_is_deleted_and_a_fresh_one_created_only_with_data() {
+        let old = stored().key;
+        let mut p = pending(None);
+        p.ended = Some(old.clone());
+        let plan_a = plan(p, &timeouts(), at(5));
+        assert_eq!(plan_a.delete.as_ref(), Some(&old));
+        assert_eq!(plan_a.step, Step::Nothing);
+
+        let mut p = pending(None);
+        p.ended = Some(old.clone());
+        p.data.insert("notice".into(), "\"bye\"".into());
+        let plan_b = plan(p, &timeouts(), at(5));
+        assert_eq!(plan_b.delete, Some(old));
+        assert!(matches!(plan_b.step, Step::Create(_)));
+    }
+
+    #[test]
+    fn changes_are_saved_with_the_slid_deadline() {
+        let mut p = pending(Some(stored()));
+        p.changes.insert("a", "1");
+        let Step::Save(_, changes) = plan(p, &timeouts(), at(5)).step else {
+            panic!("expected a save");
+        };
+        assert_eq!(changes.expires_at(), at(45));
+    }
+
+    #[test]
+    fn a_user_change_alone_is_a_save() {
+        let mut p = pending(Some(stored()));
+        p.changes.set_user(UserChange::Set("bob".into()));
+        assert!(matches!(plan(p, &timeouts(), at(1)).step, Step::Save(..)));
+    }
+
+    #[test]
+    fn a_cycled_id_rotates_even_without_changes() {
+        let mut p = pending(Some(stored()));
+        p.cycle = true;
+        let Step::Rotate(_, changes) = plan(p, &timeouts(), at(2)).step else {
+            panic!("expected a rotation");
+        };
+        assert_eq!(changes.expires_at(), at(42));
+    }
+
+    #[test]
+    fn reads_touch_the_session_only_once_the_refresh_interval_is_gained() {
+        let plan_early = plan(pending(Some(stored())), &timeouts(), at(9));
+        assert_eq!(plan_early.step, Step::Nothing, "gains 9 of 10 minutes");
+        let Step::Touch(_, changes) = plan(pending(Some(stored())), &timeouts(), at(10)).step
+        else {
+            panic!("expected a touch");
+        };
+        assert_eq!(changes.expires_at(), at(50));
+        assert!(changes.is_touch_only());
+    }
+
+    #[test]
+    fn no_deadline_ever_passes_the_absolute_timeout() {
+        let mut late = stored();
+        late.expires_at = at(590);
+        let mut p = pending(Some(late.clone()));
+        p.changes.insert("a", "1");
+        let Step::Save(_, changes) = plan(p, &timeouts(), at(580)).step else {
+            panic!("expected a save");
+        };
+        assert_eq!(changes.expires_at(), at(600));
+        late.expires_at = at(600);
+        let capped = plan(pending(Some(late)), &timeouts(), at(595));
+        assert_eq!(capped.step, Step::Nothing, "nothing left to gain");
+    }
+}
