@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 use cookie::{Cookie, CookieJar, SameSite};
 use http::{HeaderMap, HeaderValue, header};
 
+use crate::error::ConfigError;
 use crate::id::SessionId;
 use crate::key::Key;
 use crate::store::Version;
@@ -65,7 +66,14 @@ impl CookieConfig {
     /// Checks the rules browsers enforce for prefixed names and `SameSite=None`,
     /// so a misconfiguration fails at startup rather than as cookies that
     /// browsers silently drop.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.keys.is_empty() {
+            return Err(ConfigError::NoKeys);
+        }
+        self.check_attributes().map_err(ConfigError::Cookie)
+    }
+
+    fn check_attributes(&self) -> Result<(), String> {
         if self.name.is_empty()
             || !self
                 .name
@@ -73,9 +81,6 @@ impl CookieConfig {
                 .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
         {
             return Err(format!("{:?} is not a valid cookie name", self.name));
-        }
-        if self.keys.is_empty() {
-            return Err("at least one cookie key is required".to_owned());
         }
         let host = self.name.starts_with("__Host-");
         if (host || self.name.starts_with("__Secure-")) && !self.secure {

@@ -35,10 +35,11 @@ pub enum Error {
 }
 
 impl Error {
-    /// The HTTP status this error answers with.
+    /// The HTTP status this error answers with: the store's
+    /// ([`StoreError::status`]) for store failures, `500` otherwise.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(error) => error.status(),
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -46,12 +47,43 @@ impl Error {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        tracing::error!(error = %self, "session error");
         let status = self.status();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(error = %self, "session store unavailable");
+        } else {
+            tracing::error!(error = %self, "session error");
+        }
         let body = match status {
             StatusCode::SERVICE_UNAVAILABLE => "session store unavailable",
             _ => "session error",
         };
         (status, body).into_response()
     }
+}
+
+/// A configuration that cannot work, found when it is built: a cookie that
+/// browsers would drop, no key, a zero timeout, a store URL that does not
+/// parse, a near cache on a store it cannot track. Never a runtime condition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The cookie's name or attributes break the rules browsers enforce.
+    #[error("invalid session cookie: {0}")]
+    Cookie(String),
+    /// No key to sign cookies with.
+    #[error("at least one cookie key is required")]
+    NoKeys,
+    /// A duration that must be positive is zero.
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+    /// Timeouts that contradict each other.
+    #[error("{0}")]
+    Timeouts(&'static str),
+    /// A store URL that does not parse. The message never repeats the URL,
+    /// which may carry a password.
+    #[error("invalid store URL: {0}")]
+    StoreUrl(&'static str),
+    /// A store feature asked of a store that cannot provide it.
+    #[error("{0}")]
+    Unsupported(&'static str),
 }

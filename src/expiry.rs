@@ -19,8 +19,9 @@ pub struct Expiry {
 pub(crate) struct Timeouts {
     pub idle: Duration,
     pub absolute: Duration,
-    /// Push the idle deadline back only when that gains at least this much.
-    pub refresh_interval: Duration,
+    /// Push the idle deadline back only when that gains at least this much;
+    /// `None`: a quarter of the idle timeout, whatever it is set to.
+    pub refresh_interval: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -34,8 +35,12 @@ impl Timeouts {
         Self {
             idle,
             absolute,
-            refresh_interval: idle / 4,
+            refresh_interval: None,
         }
+    }
+
+    pub fn refresh_interval(&self) -> Duration {
+        self.refresh_interval.unwrap_or(self.idle / 4)
     }
 
     pub fn absolute_deadline(&self, created_at: SystemTime) -> SystemTime {
@@ -57,7 +62,7 @@ impl Timeouts {
     ) -> Option<SystemTime> {
         let next = self.deadline(created_at, now);
         let gain = next.duration_since(expires_at).ok()?;
-        (!gain.is_zero() && gain >= self.refresh_interval).then_some(next)
+        (!gain.is_zero() && gain >= self.refresh_interval()).then_some(next)
     }
 }
 

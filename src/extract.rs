@@ -70,18 +70,44 @@ pub enum SessionRejection {
     Store(#[from] StoreError),
 }
 
+impl SessionRejection {
+    /// The status the rejection answers with: `500` for a missing layer, the
+    /// store's ([`StoreError::status`]) otherwise.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingLayer => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Store(error) => error.status(),
+        }
+    }
+
+    /// The plain-text body the rejection answers with (no internal details:
+    /// those go to the log).
+    pub fn body_text(&self) -> String {
+        match self {
+            Self::MissingLayer => "session layer missing".to_owned(),
+            Self::Store(_) if self.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                "session store unavailable".to_owned()
+            }
+            Self::Store(_) => "session store error".to_owned(),
+        }
+    }
+}
+
 impl IntoResponse for SessionRejection {
     fn into_response(self) -> Response {
-        match self {
-            Self::MissingLayer => {
-                tracing::error!("{self}");
-                (StatusCode::INTERNAL_SERVER_ERROR, "session layer missing").into_response()
-            }
-            Self::Store(error) => {
-                tracing::error!(%error, "session store unavailable while loading a session");
-                (StatusCode::SERVICE_UNAVAILABLE, "session store unavailable").into_response()
-            }
-        }
+        // As axum logs its own rejections: at TRACE, on the `axum::rejection`
+        // target, so one filter shows them all. The store has already logged
+        // the cause of a store failure at WARN or ERROR where it happened.
+        tracing::event!(
+            target: "axum::rejection",
+            tracing::Level::TRACE,
+            status = self.status().as_u16(),
+            body = %self.body_text(),
+            rejection_type = "unstuck::SessionRejection",
+            error = %self,
+            "rejecting request",
+        );
+        (self.status(), self.body_text()).into_response()
     }
 }
 

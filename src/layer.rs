@@ -13,11 +13,11 @@ use tower_service::Service;
 
 use crate::config::Config;
 use crate::cookie::CookieProtection;
-use crate::expiry::Timeouts;
+use crate::error::ConfigError;
 use crate::extract::LazySession;
 use crate::key::Key;
 use crate::session::CommitError;
-use crate::store::{SessionStore, StoreError};
+use crate::store::SessionStore;
 
 /// Adds sessions to a service: put it on a router, then take
 /// [`Session`](crate::Session) in handlers.
@@ -69,8 +69,41 @@ impl SessionLayer {
         }
     }
 
+    /// The configuration, for a change: the change has to be checked again.
     fn config(&mut self) -> &mut Config {
-        Arc::make_mut(&mut self.config)
+        let config = Arc::make_mut(&mut self.config);
+        config.checked = Arc::default();
+        config
+    }
+
+    /// Checks the configuration: a cookie browsers would drop (an invalid
+    /// name, a `__Host-`/`__Secure-` cookie without `Secure`, or a `__Host-`
+    /// one with a `Domain` or a `Path` other than `/`, `SameSite=None` without
+    /// `Secure`), no keys, a zero timeout, or a refresh interval not shorter
+    /// than the idle timeout. Call it at startup to get an error instead of the
+    /// panic of [`Layer::layer`]; the check runs once either way.
+    ///
+    /// # Errors
+    /// The first problem found.
+    ///
+    /// # Examples
+    /// ```
+    /// use unstuck::{ConfigError, MemoryStore, SessionLayer};
+    ///
+    /// let layer = SessionLayer::new(MemoryStore::new()).with_keys([]);
+    /// assert_eq!(layer.validate(), Err(ConfigError::NoKeys));
+    /// ```
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.config.check_once()
+    }
+
+    /// The layer itself once [`validate`](Self::validate) passes, for a
+    /// builder-style chain: `SessionLayer::new(store).with_keys(keys).validated()?`.
+    ///
+    /// # Errors
+    /// As [`validate`](Self::validate).
+    pub fn validated(self) -> Result<Self, ConfigError> {
+        self.validate().map(|()| self)
     }
 
     /// The store sessions are kept in.
@@ -82,7 +115,7 @@ impl SessionLayer {
     /// verifies, so a key can be rotated without logging anyone out. Instances
     /// behind one load balancer must share them.
     ///
-    /// An empty list is rejected when the layer is applied.
+    /// An empty list is a configuration error ([`ConfigError::NoKeys`]).
     pub fn with_keys(mut self, keys: impl IntoIterator<Item = Key>) -> Self {
         let config = self.config();
         config.cookie.keys = keys.into_iter().collect();
@@ -143,11 +176,11 @@ impl SessionLayer {
         self
     }
 
-    /// How long a session may go unused (default 30 minutes). The refresh
-    /// interval becomes a quarter of it unless set afterwards.
+    /// How long a session may go unused (default 30 minutes). Unless set with
+    /// [`with_idle_refresh_interval`](Self::with_idle_refresh_interval) (in
+    /// any order), the refresh interval is a quarter of it.
     pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
-        let absolute = self.config.timeouts.absolute;
-        self.config().timeouts = Timeouts::new(idle, absolute);
+        self.config().timeouts.idle = idle;
         self
     }
 
@@ -160,9 +193,10 @@ impl SessionLayer {
     /// How much a request must gain before it pushes the idle deadline back
     /// (default a quarter of the idle timeout). Read-only requests then write to
     /// the store at most once per interval, at the price of an effective idle
-    /// timeout between `idle - interval` and `idle`.
+    /// timeout between `idle - interval` and `idle`. Zero refreshes on every
+    /// request; it must be shorter than the idle timeout.
     pub fn with_idle_refresh_interval(mut self, interval: Duration) -> Self {
-        self.config().timeouts.refresh_interval = interval;
+        self.config().timeouts.refresh_interval = Some(interval);
         self
     }
 
@@ -178,26 +212,12 @@ impl<S> Layer<S> for SessionLayer {
     type Service = SessionService<S>;
 
     /// # Panics
-    /// When the configuration contradicts itself: no keys, an invalid cookie
-    /// name, a `__Host-`/`__Secure-` cookie without `Secure` (or, for `__Host-`,
-    /// with a `Domain` or a `Path` other than `/`), `SameSite=None` without
-    /// `Secure`, or a zero timeout. Such a layer could only issue cookies that
-    /// browsers drop.
+    /// When [`SessionLayer::validate`] fails: such a layer could only issue
+    /// cookies that browsers drop, or expire active sessions. Call `validate`
+    /// at startup to handle it as an error instead.
     fn layer(&self, inner: S) -> Self::Service {
-        if let Err(problem) = self.config.cookie.validate() {
+        if let Err(problem) = self.config.check_once() {
             panic!("invalid SessionLayer configuration: {problem}");
-        }
-        let t = &self.config.timeouts;
-        assert!(
-            !t.idle.is_zero() && !t.absolute.is_zero() && !self.config.store_timeout.is_zero(),
-            "invalid SessionLayer configuration: timeouts must be greater than zero"
-        );
-        if self.config.generated_key {
-            tracing::warn!(
-                "SessionLayer has no configured key: cookies are signed with a random one, \
-                 so sessions end when the process restarts and other instances reject them \
-                 (use SessionLayer::with_keys)"
-            );
         }
         SessionService {
             inner,
@@ -261,15 +281,13 @@ where
 /// The response that replaces the handler's when its changes were not saved:
 /// reporting success for a lost write would be a lie.
 fn failed_save<B: Default>(error: &CommitError) -> Response<B> {
-    let status = match error {
-        CommitError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-        CommitError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        CommitError::Gone => StatusCode::CONFLICT,
-    };
-    if status == StatusCode::CONFLICT {
-        tracing::warn!(%error, "session changes discarded");
-    } else {
-        tracing::error!(%error, "failed to save the session");
+    let status = error.status();
+    match status {
+        StatusCode::CONFLICT => tracing::warn!(%error, "session changes discarded"),
+        StatusCode::SERVICE_UNAVAILABLE => {
+            tracing::warn!(%error, "session not saved: store unavailable");
+        }
+        _ => tracing::error!(%error, "failed to save the session"),
     }
     let mut response = Response::new(B::default());
     *response.status_mut() = status;

@@ -68,7 +68,7 @@ mod session;
 pub mod store;
 
 pub use crate::cookie::CookieProtection;
-pub use crate::error::Error;
+pub use crate::error::{ConfigError, Error};
 pub use crate::expiry::Expiry;
 pub use crate::extract::SessionRejection;
 pub use crate::id::{SessionId, StorageKey};

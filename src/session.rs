@@ -125,6 +125,17 @@ pub(crate) enum CommitError {
     Gone,
 }
 
+impl CommitError {
+    /// What the response becomes: the handler's changes were not saved, and
+    /// reporting success for a lost write would be a lie.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Self::Store(error) => error.status(),
+            Self::Gone => http::StatusCode::CONFLICT,
+        }
+    }
+}
+
 impl Session {
     fn new(store: Arc<dyn SessionStore>, config: Arc<Config>, state: State) -> Self {
         Self {
@@ -491,10 +502,13 @@ pub(crate) async fn bounded<T>(
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(config.store_timeout, call).await {
         Ok(result) => result,
-        Err(_) => Err(StoreError::unavailable(format!(
-            "no answer within {:?}",
-            config.store_timeout
-        ))),
+        Err(_) => {
+            tracing::warn!(timeout = ?config.store_timeout, "session store call timed out");
+            Err(StoreError::unavailable(format!(
+                "no answer within {:?}",
+                config.store_timeout
+            )))
+        }
     }
 }
 

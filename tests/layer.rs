@@ -327,3 +327,52 @@ fn contradictory_cookie_settings_fail_when_the_layer_is_applied() {
     let fine = SessionLayer::new(MemoryStore::new()).with_cookie_name("__Host-id");
     let _ = Router::<()>::new().route("/", get(health)).layer(fine);
 }
+
+#[test]
+fn configuration_problems_are_typed_errors_found_by_validate() {
+    use unstuck::ConfigError;
+    let base = || SessionLayer::new(MemoryStore::new());
+    assert_eq!(base().with_keys([]).validate(), Err(ConfigError::NoKeys));
+    assert!(matches!(
+        base()
+            .with_cookie_name("__Host-id")
+            .with_path("/app")
+            .validate(),
+        Err(ConfigError::Cookie(_))
+    ));
+    assert!(matches!(
+        base().with_idle_timeout(Duration::ZERO).validate(),
+        Err(ConfigError::Zero(_))
+    ));
+    assert!(matches!(
+        base().with_store_timeout(Duration::ZERO).validate(),
+        Err(ConfigError::Zero(_))
+    ));
+    assert!(matches!(
+        base()
+            .with_idle_timeout(Duration::from_secs(60))
+            .with_idle_refresh_interval(Duration::from_secs(60))
+            .validate(),
+        Err(ConfigError::Timeouts(_))
+    ));
+    assert!(base().validated().is_ok());
+}
+
+#[tokio::test]
+async fn the_refresh_interval_does_not_depend_on_the_order_of_settings() {
+    // Interval first, idle timeout second: the interval set must survive.
+    let (app, store, cookie) = with_session(|layer| {
+        layer
+            .with_idle_refresh_interval(Duration::ZERO)
+            .with_idle_timeout(Duration::from_secs(3600))
+    })
+    .await;
+    let writes = store.writes();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    call(&app, "/read", Some(&cookie)).await;
+    assert_eq!(
+        store.writes(),
+        writes + 1,
+        "a zero interval refreshes on every read that gains time"
+    );
+}

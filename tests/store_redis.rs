@@ -227,7 +227,7 @@ async fn malformed_urls_are_refused_without_echoing_them() {
         "redis+cluster://user:secret@127.0.0.1:1",
     ] {
         let error = RedisStore::connect(url).await.unwrap_err();
-        assert!(matches!(error, StoreError::Backend(_)), "{url}: {error:?}");
+        assert!(matches!(error, StoreError::Config(_)), "{url}: {error:?}");
         assert!(!error.to_string().contains("secret"), "{error}");
     }
 }

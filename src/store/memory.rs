@@ -211,7 +211,7 @@ impl SessionStore for MemoryStore {
             return Ok(SaveOutcome::Gone);
         }
         if inner.live(to, now).is_some() {
-            return Err(StoreError::backend("rotation target key is already taken"));
+            return Err(StoreError::KeyTaken);
         }
         inner.remove(to);
         let Some(record) = inner.remove(from) else {

@@ -25,6 +25,7 @@ pub use self::near_cache::{Invalidations, NearCache, NearCacheStats, Trackable, 
 pub use self::postgres::{DEFAULT_TABLE, InvalidIdentifier, PostgresCleanup, PostgresStore};
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisChannel, RedisStore};
+use crate::error::ConfigError;
 use crate::id::StorageKey;
 
 /// A boxed error from a store's backend, kept as the `source` of a [`StoreError`].
@@ -43,9 +44,28 @@ pub enum StoreError {
     /// write it could not make durable.
     #[error("session store failed: {0}")]
     Backend(#[source] BoxError),
+    /// A key that must be fresh (the target of a rotation) holds a live
+    /// session. With 256-bit IDs this means a bug, not bad luck.
+    #[error("session store refused a key that is already taken")]
+    KeyTaken,
+    /// The store was set up wrongly (a malformed URL, say).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 impl StoreError {
+    /// The HTTP status a request that needed the store answers with: `503
+    /// Service Unavailable` while the store cannot be reached (worth a retry),
+    /// `500` for everything else. The one place store errors meet HTTP.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Self::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+            Self::Backend(_) | Self::KeyTaken | Self::Config(_) => {
+                http::StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
     /// Wraps a connection-level failure.
     pub fn unavailable(error: impl Into<BoxError>) -> Self {
         Self::Unavailable(error.into())
@@ -307,7 +327,8 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     /// cycled (at login).
     ///
     /// # Errors
-    /// When the store cannot be written, or `to` is taken.
+    /// When the store cannot be written; [`StoreError::KeyTaken`] when `to`
+    /// is taken.
     async fn rotate(
         &self,
         from: &StorageKey,

@@ -584,8 +584,10 @@ fn store_error(error: sqlx::Error) -> StoreError {
         _ => false,
     };
     if unavailable {
+        tracing::warn!(%error, "postgres session store unavailable");
         StoreError::unavailable(error)
     } else {
+        tracing::error!(%error, "postgres session store error");
         StoreError::backend(error)
     }
 }
@@ -770,7 +772,7 @@ impl SessionStore for PostgresStore {
                     .as_database_error()
                     .is_some_and(|db| db.is_unique_violation())
                 {
-                    StoreError::backend("rotation target key is already taken")
+                    StoreError::KeyTaken
                 } else {
                     store_error(error)
                 }

@@ -36,6 +36,7 @@ use async_trait::async_trait;
 
 use self::cache::Cache;
 use super::{ChangeSet, Record, SaveOutcome, SessionStore, SessionSummary, StoreError, Version};
+use crate::error::ConfigError;
 use crate::id::StorageKey;
 
 /// Counters of a near cache, for monitoring.
@@ -142,7 +143,7 @@ pub trait Trackable: SessionStore {
     ///
     /// # Errors
     /// When it cannot (for Redis: a store built from a pool, or Cluster).
-    fn check_trackable(&self) -> Result<(), StoreError> {
+    fn check_trackable(&self) -> Result<(), ConfigError> {
         Ok(())
     }
 
@@ -210,7 +211,7 @@ pub trait Trackable: SessionStore {
 /// use std::time::Duration;
 /// use unstuck::{NearCache, RedisStore, SessionLayer};
 ///
-/// # async fn run() -> Result<(), unstuck::StoreError> {
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
 /// let cached = NearCache::new(store)?
 ///     .with_max_entries(50_000)
@@ -250,7 +251,7 @@ impl<S: Trackable> NearCache<S> {
     ///
     /// # Errors
     /// When `store` cannot be tracked (see [`Trackable::check_trackable`]).
-    pub fn new(store: S) -> Result<Self, StoreError> {
+    pub fn new(store: S) -> Result<Self, ConfigError> {
         store.check_trackable()?;
         Ok(Self {
             inner: store,

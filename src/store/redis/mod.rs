@@ -172,11 +172,11 @@ impl RedisStore {
     /// [`from_cluster_pool`](Self::from_cluster_pool).
     ///
     /// # Errors
-    /// [`StoreError::Backend`] for a malformed URL (the message never repeats
+    /// [`StoreError::Config`] for a malformed URL (the message never repeats
     /// it); [`StoreError::Unavailable`] if Redis cannot be reached within the
     /// timeout.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let target = url::parse(url).map_err(StoreError::backend)?;
+        let target = url::parse(url)?;
         let mut store = match target.clone() {
             url::Target::Standalone(url) => {
                 let config = AsyncConnectionConfig::new()
@@ -574,7 +574,7 @@ impl SessionStore for RedisStore {
                 .query(redis::cmd("EXISTS").arg(self.session_key(to)))
                 .await?;
             if taken == 1 {
-                return Err(StoreError::backend("rotation target key is already taken"));
+                return Err(StoreError::KeyTaken);
             }
             let fields: HashMap<String, String> = self
                 .eval(
@@ -599,7 +599,7 @@ impl SessionStore for RedisStore {
                 // Only a racing create of the same fresh key gets here: put the
                 // session back rather than lose it.
                 self.create_record(&mut conn, from, &original, 0).await?;
-                return Err(StoreError::backend("rotation target key is already taken"));
+                return Err(StoreError::KeyTaken);
             }
             if let Some(user) = &original.user {
                 self.index_remove(&mut conn, user, &[from]).await?;

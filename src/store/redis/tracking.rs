@@ -21,6 +21,7 @@ use super::codec::{SaveReply, decode_versioned, session_key, storage_key_of};
 use super::errors::{is_unavailable, map_redis_error};
 use super::url::Target;
 use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT, RedisStore, scripts};
+use crate::error::ConfigError;
 use crate::id::StorageKey;
 use crate::store::{
     ChangeSet, Invalidations, Record, SaveOutcome, StoreError, Trackable, TrackedSave, Version,
@@ -120,27 +121,27 @@ impl RedisStore {
                 master_name,
                 db,
             }) => primary_of(sentinels, master_name, *db).await,
-            Some(Target::Cluster { .. }) | None => Err(untrackable(self.target.as_deref())),
+            Some(Target::Cluster { .. }) | None => Err(untrackable(self.target.as_deref()).into()),
         }
     }
 }
 
-fn untrackable(target: Option<&Target>) -> StoreError {
-    match target {
-        Some(Target::Cluster { .. }) => StoreError::backend(
-            "the near cache works with standalone and Sentinel deployments, not Cluster",
-        ),
-        _ => StoreError::backend(
-            "the near cache needs a store made by RedisStore::connect, which knows where to open its tracking connection",
-        ),
-    }
+fn untrackable(target: Option<&Target>) -> ConfigError {
+    ConfigError::Unsupported(match target {
+        Some(Target::Cluster { .. }) => {
+            "the near cache works with standalone and Sentinel deployments, not Cluster"
+        }
+        _ => {
+            "the near cache needs a store made by RedisStore::connect, which knows where to open its tracking connection"
+        }
+    })
 }
 
 #[async_trait]
 impl Trackable for RedisStore {
     type Channel = RedisChannel;
 
-    fn check_trackable(&self) -> Result<(), StoreError> {
+    fn check_trackable(&self) -> Result<(), ConfigError> {
         match self.target.as_deref() {
             Some(Target::Standalone(_) | Target::Sentinel { .. }) => Ok(()),
             other => Err(untrackable(other)),

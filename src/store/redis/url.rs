@@ -19,20 +19,16 @@ pub(super) enum Target {
     },
 }
 
-/// Why a store URL was refused. The message never repeats the URL, which may
-/// carry a password.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid Redis store URL: {0}")]
-pub(super) struct UrlError(&'static str);
+use crate::error::ConfigError;
 
-pub(super) fn parse(url: &str) -> Result<Target, UrlError> {
+pub(super) fn parse(url: &str) -> Result<Target, ConfigError> {
     let (scheme, rest) = url
         .split_once("://")
-        .ok_or(UrlError("expected scheme://…"))?;
+        .ok_or(ConfigError::StoreUrl("expected scheme://…"))?;
     match scheme {
         "redis" | "rediss" => Ok(Target::Standalone(url.to_owned())),
         "redis+sentinel" => {
-            let (hosts, path) = rest.split_once('/').ok_or(UrlError(
+            let (hosts, path) = rest.split_once('/').ok_or(ConfigError::StoreUrl(
                 "expected redis+sentinel://host:port,…/MASTER_NAME",
             ))?;
             let path = path.split(['?', '#']).next().unwrap_or_default();
@@ -40,13 +36,13 @@ pub(super) fn parse(url: &str) -> Result<Target, UrlError> {
                 Some((name, db)) => (
                     name,
                     db.parse().map_err(|_| {
-                        UrlError("the database after the master name must be a number")
+                        ConfigError::StoreUrl("the database after the master name must be a number")
                     })?,
                 ),
                 None => (path, 0),
             };
             if master_name.is_empty() {
-                return Err(UrlError("the sentinel URL names no master"));
+                return Err(ConfigError::StoreUrl("the sentinel URL names no master"));
             }
             Ok(Target::Sentinel {
                 sentinels: node_urls(hosts)?,
@@ -60,7 +56,7 @@ pub(super) fn parse(url: &str) -> Result<Target, UrlError> {
                 nodes: node_urls(hosts)?,
             })
         }
-        _ => Err(UrlError(
+        _ => Err(ConfigError::StoreUrl(
             "the scheme must be redis, rediss, redis+sentinel or redis+cluster",
         )),
     }
@@ -69,9 +65,9 @@ pub(super) fn parse(url: &str) -> Result<Target, UrlError> {
 /// Splits `host:port,host:port` into `redis://` URLs. Credentials are refused
 /// rather than silently dropped: for authentication or TLS, build the pool
 /// yourself and use a `from_*_pool` constructor.
-fn node_urls(hosts: &str) -> Result<Vec<String>, UrlError> {
+fn node_urls(hosts: &str) -> Result<Vec<String>, ConfigError> {
     if hosts.contains('@') {
-        return Err(UrlError(
+        return Err(ConfigError::StoreUrl(
             "credentials are not supported in sentinel/cluster URLs; build the pool yourself",
         ));
     }
@@ -82,7 +78,7 @@ fn node_urls(hosts: &str) -> Result<Vec<String>, UrlError> {
         .map(|h| format!("redis://{h}"))
         .collect();
     if nodes.is_empty() {
-        return Err(UrlError("the URL lists no host"));
+        return Err(ConfigError::StoreUrl("the URL lists no host"));
     }
     Ok(nodes)
 }
