@@ -3,6 +3,7 @@
 mod codec;
 mod conn;
 mod errors;
+mod exec;
 mod index;
 mod scripts;
 mod tracking;
@@ -14,9 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use deadpool_redis::redis::{
-    self, AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Script, ServerErrorKind, Value,
-};
+use deadpool_redis::redis::{self, AsyncConnectionConfig, Cmd, Value};
 use deadpool_redis::{Runtime, cluster, sentinel};
 
 use self::codec::{
@@ -24,7 +23,7 @@ use self::codec::{
     session_key,
 };
 use self::conn::{Backend, Conn, Connections};
-use self::errors::{NotReplicated, TimedOut, is_unavailable, map_pool_error, map_redis_error};
+use self::errors::{TimedOut, is_unavailable, map_pool_error, map_redis_error};
 pub use self::tracking::RedisChannel;
 
 use super::{
@@ -341,63 +340,6 @@ impl RedisStore {
         Ok(slot.as_mut().expect("just filled"))
     }
 
-    /// Runs a script on one key; for a `durable` write, `WAIT`s for the replica
-    /// acks in the same pipeline (so on Cluster it reaches the node that took the
-    /// write) and fails if too few replicas confirmed.
-    async fn eval<T: FromRedisValue>(
-        &self,
-        conn: &mut Conn,
-        script: &Script,
-        key: &str,
-        args: impl FnOnce(&mut Cmd),
-        durable: bool,
-    ) -> Result<T, StoreError> {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.get_hash()).arg(1).arg(key);
-        args(&mut cmd);
-        let mut pipe = redis::pipe();
-        pipe.add_command(cmd);
-        let acks = self.replica_acks.filter(|_| durable);
-        if let Some(acks) = acks {
-            pipe.cmd("WAIT")
-                .arg(acks.replicas)
-                .arg(u64::try_from(acks.timeout.as_millis()).unwrap_or(u64::MAX));
-        }
-        let values = match conn.pipeline(&pipe).await {
-            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                conn.load(script).await.map_err(map_redis_error)?;
-                conn.pipeline(&pipe).await
-            }
-            other => other,
-        }
-        .map_err(map_redis_error)?;
-        let mut values = values.into_iter();
-        let result = values
-            .next()
-            .ok_or_else(|| StoreError::backend("empty reply to a script call"))?;
-        if let Some(acks) = acks {
-            let acked: u32 = values
-                .next()
-                .map(redis::from_redis_value)
-                .transpose()
-                .map_err(StoreError::backend)?
-                .unwrap_or(0);
-            if acked < acks.replicas {
-                tracing::warn!(
-                    acked,
-                    wanted = acks.replicas,
-                    "redis session write not acknowledged by enough replicas"
-                );
-                return Err(StoreError::backend(NotReplicated {
-                    acked,
-                    wanted: acks.replicas,
-                    timeout: acks.timeout,
-                }));
-            }
-        }
-        redis::from_redis_value(result).map_err(StoreError::backend)
-    }
-
     /// Applies a save: the script over the near cache's `channel` when given,
     /// else over the pool, then whatever the user index needs. Returns the
     /// session's new version.
@@ -677,6 +619,9 @@ impl SessionStore for RedisStore {
         Ok(sessions)
     }
 
+    /// The deletes go out together: one pipeline (and one `WAIT`) on a single
+    /// server, one call per session on Cluster, within one time budget, so the
+    /// call does not stop halfway because of a per-session timeout.
     async fn delete_user_sessions(&self, user: &str) -> Result<u64, StoreError> {
         let keys = self
             .bounded(0, async {
@@ -684,36 +629,37 @@ impl SessionStore for RedisStore {
                 self.indexed(&mut conn, user).await
             })
             .await?;
-        let mut deleted = Vec::new();
-        for key in &keys {
-            let gone = self
-                .bounded(1, async {
-                    let mut conn = self.conn().await?;
-                    let (deleted, _): (i64, Option<String>) = self
-                        .eval(
-                            &mut conn,
-                            &scripts::DELETE,
-                            &self.session_key(key),
-                            |cmd| {
-                                cmd.arg("u").arg(user);
-                            },
-                            true,
-                        )
-                        .await?;
-                    Ok(deleted == 1)
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let waits = if self.connections.mode() == "cluster" {
+            u32::try_from(keys.len()).unwrap_or(u32::MAX)
+        } else {
+            1
+        };
+        self.bounded(waits, async {
+            let mut conn = self.conn().await?;
+            let calls = keys
+                .iter()
+                .map(|key| {
+                    let mut cmd = exec::script_call(&scripts::DELETE, &self.session_key(key));
+                    cmd.arg("u").arg(user);
+                    cmd
                 })
+                .collect();
+            let replies: Vec<(i64, Option<String>)> = self
+                .eval_each(&mut conn, &scripts::DELETE, calls, true)
                 .await?;
-            if gone {
-                deleted.push(key);
+            let deleted: Vec<&StorageKey> = keys
+                .iter()
+                .zip(replies)
+                .filter_map(|(key, (deleted, _))| (deleted == 1).then_some(key))
+                .collect();
+            if !deleted.is_empty() {
+                self.index_remove(&mut conn, user, &deleted).await?;
             }
-        }
-        if !deleted.is_empty() {
-            self.bounded(0, async {
-                let mut conn = self.conn().await?;
-                self.index_remove(&mut conn, user, &deleted).await
-            })
-            .await?;
-        }
-        Ok(deleted.len() as u64)
+            Ok(deleted.len() as u64)
+        })
+        .await
     }
 }

@@ -19,6 +19,7 @@ use deadpool_redis::redis::{
 
 use super::codec::{SaveReply, decode_versioned, session_key, storage_key_of};
 use super::errors::{is_unavailable, map_redis_error};
+use super::exec::script_call;
 use super::url::Target;
 use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT, RedisStore, scripts};
 use crate::error::ConfigError;
@@ -59,8 +60,7 @@ impl RedisChannel {
         args: impl Fn(&mut Cmd),
     ) -> Result<SaveReply, StoreError> {
         let mut conn = self.conn.clone();
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(scripts::SAVE.get_hash()).arg(1).arg(redis_key);
+        let mut cmd = script_call(&scripts::SAVE, redis_key);
         args(&mut cmd);
         let reply: Vec<Value> = match cmd.query_async(&mut conn).await {
             Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
