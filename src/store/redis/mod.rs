@@ -3,6 +3,7 @@
 mod conn;
 mod near_cache;
 mod scripts;
+mod sentinel_watch;
 mod url;
 
 use std::collections::HashMap;
@@ -196,6 +197,8 @@ impl RedisStore {
                 master_name,
                 db,
             } => {
+                // The watcher follows switches as Sentinel announces them.
+                let (watched, master) = (sentinels.clone(), master_name.clone());
                 let mut config = sentinel::Config::from_urls(
                     sentinels,
                     master_name,
@@ -211,7 +214,9 @@ impl RedisStore {
                     });
                 }
                 let pool = config.builder().map_err(StoreError::backend)?;
-                Self::from_sentinel_pool(bounded_pool!(pool)?)
+                let store = Self::from_sentinel_pool(bounded_pool!(pool)?);
+                sentinel_watch::watch(&store.connections, watched, master, db);
+                store
             }
             url::Target::Cluster { nodes } => {
                 let pool = cluster::Config::from_urls(nodes)
