@@ -176,6 +176,10 @@ async fn planned_failovers_without_replica_acks_lose_only_the_announcement_windo
             "the stores took {:?} to reach the new primary",
             round.follow()
         );
+        eprintln!(
+            "  per session (acked between promotion and landing, lost so far): {:?}",
+            load.per_session(round.promoted, round.landed)
+        );
         assert!(
             lost <= in_window,
             "lost {lost} increments, more than the {in_window} acknowledged in the window"

@@ -137,6 +137,19 @@ impl CounterLoad {
             .sum()
     }
 
+    /// Per session: acknowledged increments within `[from, to]`, and the
+    /// increments lost so far.
+    pub fn per_session(&self, from: Instant, to: Instant) -> Vec<(u64, u64)> {
+        self.tallies
+            .iter()
+            .map(|t| {
+                let times = t.ack_times.lock().unwrap();
+                let acked = times.iter().filter(|at| **at >= from && **at <= to).count();
+                (acked as u64, t.lost.load(Ordering::Relaxed))
+            })
+            .collect()
+    }
+
     pub fn total(&self, field: impl Fn(&Tally) -> &AtomicU64) -> u64 {
         self.tallies
             .iter()

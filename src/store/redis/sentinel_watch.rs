@@ -6,11 +6,20 @@
 //! therefore leave the old primary the moment Sentinel switches, not when the
 //! old primary starts refusing writes. Two sources tell it:
 //!
-//! - every sentinel of the URL announces the switch on its `+switch-master`
-//!   channel (payload `<master-name> <old-ip> <old-port> <new-ip> <new-port>`),
-//!   when it adopts the new configuration: one subscription per sentinel,
-//!   re-established with a bounded backoff when the connection goes away, and
-//!   checked with a `PING` so a silently dead link is noticed too;
+//! - the sentinels announce it on pub/sub. The one leading the failover
+//!   publishes `+failover-state-send-slaveof-noone` (`slave <name> <ip> <port>
+//!   @ <master-name> …`) as it tells the chosen replica to become primary: the
+//!   watcher then polls that replica's `ROLE` and moves the store the moment
+//!   it says `master`. Sentinel itself only notices the promotion at its next
+//!   `INFO` of the replica (up to a second later) and then publishes
+//!   `+promoted-slave` (same payload); every sentinel
+//!   publishes `+switch-master` (`<master-name> <old-ip> <old-port> <new-ip>
+//!   <new-port>`) when it adopts the new configuration, which comes later:
+//!   after the other replicas were told to follow the new primary (with one
+//!   replica, ~100 ms later; with several, one replica at a time). Each
+//!   sentinel of the URL gets one subscription to both, re-established with a
+//!   bounded backoff when the connection goes away and checked with a `PING`
+//!   so a silently dead link is noticed too;
 //! - about every second, and whenever a subscription was lost or restored, the
 //!   sentinels are asked for the primary (`SENTINEL MASTER`); the answer with the
 //!   highest configuration epoch wins, so a sentinel that has not heard of a
@@ -52,7 +61,16 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How often a quiet subscription is checked with a `PING`.
 const KEEPALIVE: Duration = Duration::from_secs(5);
-const CHANNEL: &str = "+switch-master";
+/// Published by every sentinel when it adopts a switch.
+const SWITCH_MASTER: &str = "+switch-master";
+/// Published by the leading sentinel once the promoted replica is primary.
+const PROMOTED: &str = "+promoted-slave";
+/// Published by the leading sentinel as it promotes the replica.
+const PROMOTING: &str = "+failover-state-send-slaveof-noone";
+/// How long the watcher waits for a replica being promoted to say so.
+const PROMOTION_WAIT: Duration = Duration::from_secs(3);
+/// How often it asks meanwhile.
+const PROMOTION_POLL: Duration = Duration::from_millis(5);
 
 /// Stops the watcher's tasks when dropped.
 pub(super) struct Watcher {
@@ -140,26 +158,19 @@ impl Shared {
         let Ok(payload) = msg.get_payload::<String>() else {
             return;
         };
-        let parts: Vec<&str> = payload.split_whitespace().collect();
-        let [name, _old_host, _old_port, host, port] = parts[..] else {
-            tracing::warn!("ignoring a malformed +switch-master announcement");
+        let channel = msg.get_channel_name();
+        let Some((name, addr, promoting)) = parse_announcement(channel, &payload) else {
+            tracing::warn!(channel, "ignoring a malformed sentinel announcement");
             return;
         };
         if name != self.master_name {
             return;
         }
-        let Ok(port) = port.parse() else {
-            tracing::warn!("ignoring a +switch-master announcement with a bad port");
-            return;
-        };
-        let addr = Addr {
-            host: host.to_owned(),
-            port,
-        };
-        // Every sentinel announces the switch when it adopts it: the repeats
-        // are no-ops unless the connection installed for the first one has
-        // been lost meanwhile.
-        self.switch_to(addr, "announcement").await;
+        // Each switch is announced several times (the promotion, then the
+        // switch by every sentinel): the repeats are no-ops unless the
+        // connection installed for the first one has been lost meanwhile.
+        let wait = promoting.then_some(PROMOTION_WAIT);
+        self.switch_to(addr, "announcement", wait).await;
     }
 
     /// The poll found the primary at `addr`.
@@ -176,10 +187,12 @@ impl Shared {
                 Some(_) => {}
             }
         }
-        self.switch_to(addr, "periodic check").await;
+        self.switch_to(addr, "periodic check", None).await;
     }
 
-    async fn switch_to(&self, addr: Addr, source: &'static str) {
+    /// Moves the store to the primary at `addr`; with `wait`, polls that long
+    /// for a replica being promoted to become primary.
+    async fn switch_to(&self, addr: Addr, source: &'static str, wait: Option<Duration>) {
         let Some(connections) = self.connections.upgrade() else {
             return;
         };
@@ -188,7 +201,7 @@ impl Shared {
         if primary.as_ref() == Some(&addr) && connections.follows(&label) {
             return;
         }
-        match self.open_primary(&label).await {
+        match self.open_primary(&label, wait).await {
             Ok(conn) => {
                 tracing::info!(primary = %label, source, "redis sentinel: following a primary switch");
                 connections.install_primary(conn, &label);
@@ -210,32 +223,74 @@ impl Shared {
         *primary = Some(addr);
     }
 
-    /// A connection to `addr` (`host:port`), checked to be a primary.
-    async fn open_primary(&self, addr: &str) -> Result<MultiplexedConnection, WatchError> {
-        let limit = CONNECT_TIMEOUT + RESPONSE_TIMEOUT;
-        let open = async {
-            let client = redis::Client::open(format!("redis://{addr}/{}", self.db))?;
-            let mut conn = client
-                .get_multiplexed_async_connection_with_config(&timeouts())
-                .await?;
-            let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
-            let role: String = role
-                .into_iter()
-                .next()
-                .map(redis::from_redis_value)
-                .transpose()
-                .map_err(|_| WatchError::Malformed("ROLE"))?
-                .unwrap_or_default();
-            if role == "master" {
-                Ok(conn)
-            } else {
-                Err(WatchError::NotPrimary(role))
+    /// A connection to `addr` (`host:port`), checked to be a primary; with
+    /// `wait`, retried until it is one or `wait` has passed.
+    async fn open_primary(
+        &self,
+        addr: &str,
+        wait: Option<Duration>,
+    ) -> Result<MultiplexedConnection, WatchError> {
+        let url = format!("redis://{addr}/{}", self.db);
+        let Some(wait) = wait else {
+            let limit = CONNECT_TIMEOUT + RESPONSE_TIMEOUT;
+            return tokio::time::timeout(limit, checked_primary(&url))
+                .await
+                .map_err(|_| WatchError::TimedOut(limit))?;
+        };
+        let poll = async {
+            loop {
+                match checked_primary(&url).await {
+                    Ok(conn) => return conn,
+                    // Not yet promoted, or our connection was among those the
+                    // sentinel kills on the replica as it promotes it.
+                    Err(error) => tracing::trace!(%error, "redis sentinel: not promoted yet"),
+                }
+                tokio::time::sleep(PROMOTION_POLL).await;
             }
         };
-        tokio::time::timeout(limit, open)
+        tokio::time::timeout(wait, poll)
             .await
-            .map_err(|_| WatchError::TimedOut(limit))?
+            .map_err(|_| WatchError::NotPrimary(format!("not promoted within {wait:?}")))
     }
+}
+
+/// A connection to `url` if the server there is a primary.
+async fn checked_primary(url: &str) -> Result<MultiplexedConnection, WatchError> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&timeouts())
+        .await?;
+    let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
+    let role: String = role
+        .into_iter()
+        .next()
+        .map(redis::from_redis_value)
+        .transpose()
+        .map_err(|_| WatchError::Malformed("ROLE"))?
+        .unwrap_or_default();
+    if role == "master" {
+        Ok(conn)
+    } else {
+        Err(WatchError::NotPrimary(role))
+    }
+}
+
+/// The master name and new primary an announcement on `channel` gives, and
+/// whether that replica is only being promoted (not yet primary).
+fn parse_announcement<'a>(channel: &str, payload: &'a str) -> Option<(&'a str, Addr, bool)> {
+    let parts: Vec<&str> = payload.split_whitespace().collect();
+    let (name, host, port) = match (channel, &parts[..]) {
+        (SWITCH_MASTER, [name, _old_host, _old_port, host, port]) => (*name, *host, *port),
+        (PROMOTED | PROMOTING, ["slave", _instance, host, port, "@", name, ..]) => {
+            (*name, *host, *port)
+        }
+        _ => return None,
+    };
+    let addr = Addr {
+        host: host.to_owned(),
+        port: port.parse().ok()?,
+    };
+    Some((name, addr, channel == PROMOTING))
 }
 
 fn timeouts() -> AsyncConnectionConfig {
@@ -244,7 +299,7 @@ fn timeouts() -> AsyncConnectionConfig {
         .set_response_timeout(Some(RESPONSE_TIMEOUT))
 }
 
-/// Keeps a subscription to `+switch-master` on one sentinel.
+/// Keeps a subscription to the switch announcements of one sentinel.
 async fn follow_announcements(shared: Arc<Shared>, sentinel: String) {
     let mut backoff = MIN_BACKOFF;
     loop {
@@ -254,7 +309,7 @@ async fn follow_announcements(shared: Arc<Shared>, sentinel: String) {
         match subscribe(&sentinel).await {
             Ok((mut sink, mut stream)) => {
                 backoff = MIN_BACKOFF;
-                tracing::debug!(%sentinel, "redis sentinel: subscribed to +switch-master");
+                tracing::debug!(%sentinel, "redis sentinel: subscribed to switch announcements");
                 // A switch may have been announced while unsubscribed.
                 shared.check_now.notify_one();
                 let mut keepalive = tokio::time::interval(KEEPALIVE);
@@ -263,10 +318,7 @@ async fn follow_announcements(shared: Arc<Shared>, sentinel: String) {
                 loop {
                     tokio::select! {
                         msg = stream.next() => match msg {
-                            Some(msg) if msg.get_channel_name() == CHANNEL => {
-                                shared.announced(&msg).await;
-                            }
-                            Some(_) => {}
+                            Some(msg) => shared.announced(&msg).await,
                             None => break,
                         },
                         _ = keepalive.tick() => {
@@ -277,11 +329,11 @@ async fn follow_announcements(shared: Arc<Shared>, sentinel: String) {
                         }
                     }
                 }
-                tracing::warn!(%sentinel, "redis sentinel: lost the +switch-master subscription; resubscribing");
+                tracing::warn!(%sentinel, "redis sentinel: lost the subscription to switch announcements; resubscribing");
                 shared.check_now.notify_one();
             }
             Err(error) => {
-                tracing::warn!(%sentinel, %error, ?backoff, "redis sentinel: cannot subscribe to +switch-master");
+                tracing::warn!(%sentinel, %error, ?backoff, "redis sentinel: cannot subscribe to switch announcements");
             }
         }
         tokio::time::sleep(backoff).await;
@@ -296,7 +348,8 @@ async fn subscribe(
     let attempt = async {
         let client = redis::Client::open(sentinel)?;
         let (mut sink, stream) = client.get_async_pubsub().await?.split();
-        sink.subscribe(CHANNEL).await?;
+        sink.subscribe(&[SWITCH_MASTER, PROMOTED, PROMOTING])
+            .await?;
         Ok::<_, RedisError>((sink, stream))
     };
     Ok(tokio::time::timeout(limit, attempt)
@@ -391,6 +444,40 @@ async fn ask(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn announcements_name_the_master_and_the_new_primary() {
+        let new = Addr {
+            host: "10.0.0.2".into(),
+            port: 6380,
+        };
+        assert_eq!(
+            parse_announcement(SWITCH_MASTER, "mymaster 10.0.0.1 6379 10.0.0.2 6380"),
+            Some(("mymaster", new.clone(), false))
+        );
+        let promotion = "slave 10.0.0.2:6380 10.0.0.2 6380 @ mymaster 10.0.0.1 6379";
+        assert_eq!(
+            parse_announcement(PROMOTED, promotion),
+            Some(("mymaster", new.clone(), false))
+        );
+        assert_eq!(
+            parse_announcement(PROMOTING, promotion),
+            Some(("mymaster", new, true))
+        );
+        assert_eq!(
+            parse_announcement(SWITCH_MASTER, "mymaster 10.0.0.1 6379"),
+            None
+        );
+        assert_eq!(
+            parse_announcement(SWITCH_MASTER, "m 10.0.0.1 6379 10.0.0.2 port"),
+            None
+        );
+        assert_eq!(
+            parse_announcement(PROMOTED, "master mymaster 10.0.0.1 6379"),
+            None
+        );
+        assert_eq!(parse_announcement("+sdown", "m 1 2 3 4"), None);
+    }
 
     #[test]
     fn addresses_print_as_host_port_with_ipv6_in_brackets() {
