@@ -282,3 +282,37 @@ async fn switches_are_followed_when_sentinel_subscriptions_are_killed() {
     let gone = tokio::task::block_in_place(|| wait_subscribers(&setup, 0, SWITCH_LIMIT));
     eprintln!("sentinel subscriptions closed {gone:?} after the stores were dropped");
 }
+
+/// The demo's `UNSTUCK_REPLICA_ACKS`: with as many replicas as asked for,
+/// writes succeed; asking for more than exist makes every write fail (a 500:
+/// the store reports it as a backend error, see `with_replica_acks`) rather
+/// than pretend, while reads still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_replica_acks_make_writes_wait_for_replicas() {
+    let _serial = SERIAL.lock().await;
+    let setup = SentinelSetup::start();
+    let url = setup.url();
+    let one = common::demo::Demo::start(&[
+        ("UNSTUCK_STORE", url.as_str()),
+        ("UNSTUCK_REPLICA_ACKS", "1"),
+    ]);
+    let two = common::demo::Demo::start(&[
+        ("UNSTUCK_STORE", url.as_str()),
+        ("UNSTUCK_REPLICA_ACKS", "2"),
+    ]);
+    let mut client = common::demo::Client::new(&one.base);
+    for n in 1..=3 {
+        let reply = client.get("/counter").await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.body["count"], n);
+    }
+    let mut other = client.to(&two.base);
+    let reply = other.get("/counter").await;
+    assert_eq!(
+        reply.status, 500,
+        "one replica cannot give two acks: {reply:?}"
+    );
+    let reply = other.get("/peek").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body["count"].as_u64().is_some_and(|n| n >= 3));
+}

@@ -89,10 +89,15 @@ macro_rules! bounded_pool {
 ///   replicas, watched by sentinels that promote a replica when the primary
 ///   fails; the pool asks the sentinels for the current primary when it
 ///   reconnects. Connections that see the failure are dropped from the pool at
-///   once. After a *manual* failover (`SENTINEL FAILOVER`), a connection to the
-///   old primary keeps working until that node is demoted (about 10 s); its
-///   writes in that window are lost, and writes it attempts afterwards fail with
-///   `READONLY`, which drops the connection.
+///   once. After a *manual* failover (`SENTINEL FAILOVER`) the old primary keeps
+///   accepting writes until it is demoted (about 10 s) and loses them then; so a
+///   store made by [`connect`](Self::connect) listens to the sentinels'
+///   announcements and moves to the promoted replica the moment it answers as
+///   primary, retiring every connection to the old one (and checks the sentinels
+///   about every second in case an announcement was missed). A store made by
+///   [`from_sentinel_pool`](Self::from_sentinel_pool) does not know the
+///   sentinels' addresses: its connections to the old primary go only when a
+///   write fails with `READONLY` after the demotion.
 /// - **Cluster** (`redis+cluster://n1:7000,n2:7001`): sessions spread over
 ///   shards by hash slot; each shard fails over like Sentinel.
 ///

@@ -23,8 +23,9 @@
 //! - about every second, and whenever a subscription was lost or restored, the
 //!   sentinels are asked for the primary (`SENTINEL MASTER`); the answer with the
 //!   highest configuration epoch wins, so a sentinel that has not heard of a
-//!   switch yet is outvoted. This bounds the window even when every
-//!   announcement is missed.
+//!   switch yet is outvoted, and only an epoch newer than any seen before moves
+//!   the store (the announcements run ahead of the epoch). This bounds the
+//!   window even when every announcement is missed.
 //!
 //! On a switch the watcher opens a connection to the new primary itself (after
 //! checking with `ROLE` that it is one: a late announcement of an older switch
@@ -99,6 +100,7 @@ pub(super) fn watch(
         master_name,
         db,
         primary: tokio::sync::Mutex::new(None),
+        epoch: tokio::sync::Mutex::new(None),
         check_now: Notify::new(),
     });
     let mut tasks = Vec::with_capacity(sentinels.len() + 1);
@@ -147,6 +149,8 @@ struct Shared {
     /// The primary last switched to (or first seen); the lock also keeps
     /// switches from the announcements and the poll from interleaving.
     primary: tokio::sync::Mutex<Option<Addr>>,
+    /// The highest configuration epoch the poll has seen.
+    epoch: tokio::sync::Mutex<Option<u64>>,
     /// Wakes the poll early: after a subscription was lost or restored an
     /// announcement may have been missed.
     check_now: Notify,
@@ -173,18 +177,30 @@ impl Shared {
         self.switch_to(addr, "announcement", wait).await;
     }
 
-    /// The poll found the primary at `addr`.
-    async fn observed(&self, addr: Addr) {
+    /// The poll found the primary at `addr` in configuration `epoch`.
+    ///
+    /// Only a newer epoch than any seen before can move the store: the
+    /// announcements run ahead of the sentinels' configuration (they move the
+    /// store as soon as the promoted replica is primary, while `SENTINEL
+    /// MASTER` names the old primary until the switch, about a second later),
+    /// and the poll must not move it back.
+    async fn observed(&self, addr: Addr, epoch: u64) {
         {
+            let mut seen = self.epoch.lock().await;
+            let first = seen.is_none();
+            if seen.is_some_and(|seen| epoch <= seen) {
+                return;
+            }
+            *seen = Some(epoch);
             let mut primary = self.primary.lock().await;
             match &*primary {
-                None => {
+                None if first => {
                     // The first look: the pool found the primary on its own.
                     *primary = Some(addr);
                     return;
                 }
                 Some(known) if *known == addr => return,
-                Some(_) => {}
+                _ => {}
             }
         }
         self.switch_to(addr, "periodic check", None).await;
@@ -377,8 +393,8 @@ async fn poll_sentinels(shared: Arc<Shared>, sentinels: Vec<String>) {
                 .map(|(sentinel, conn)| ask(sentinel, conn, &shared.master_name)),
         )
         .await;
-        if let Some((_, addr)) = views.into_iter().flatten().max_by_key(|(epoch, _)| *epoch) {
-            shared.observed(addr).await;
+        if let Some((epoch, addr)) = views.into_iter().flatten().max_by_key(|(epoch, _)| *epoch) {
+            shared.observed(addr, epoch).await;
         }
     }
 }
