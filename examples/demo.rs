@@ -18,6 +18,7 @@
 //! | `UNSTUCK_SECRET` | comma-separated secrets (≥ 32 bytes each); the first signs, all verify | a fixed dev secret, with a warning |
 //! | `UNSTUCK_COOKIE_SECURE` | `0` drops the `Secure` attribute for plain-HTTP testing | `1` |
 //! | `UNSTUCK_NEAR_CACHE` | `1` enables the near cache (Redis) | `0` |
+//! | `UNSTUCK_REPLICA_ACKS` | Redis: every session write waits (`WAIT`, up to 200 ms) for this many replicas and fails otherwise | `0` |
 //!
 //! Once listening it prints `listening on ADDR` on stdout.
 
@@ -224,6 +225,7 @@ struct Settings {
     dev_secret: bool,
     secure: bool,
     near_cache: bool,
+    replica_acks: u32,
 }
 
 impl Settings {
@@ -278,6 +280,12 @@ impl Settings {
             dev_secret,
             secure: flag("UNSTUCK_COOKIE_SECURE", true)?,
             near_cache: flag("UNSTUCK_NEAR_CACHE", false)?,
+            replica_acks: match var("UNSTUCK_REPLICA_ACKS") {
+                None => 0,
+                Some(text) => text.parse().map_err(|_| {
+                    format!("UNSTUCK_REPLICA_ACKS must be a whole number of replicas, got {text:?}")
+                })?,
+            },
         })
     }
 }
@@ -285,10 +293,16 @@ impl Settings {
 /// Background work a store needs while the server runs (dropping it stops it).
 type Keepalive = Option<Box<dyn std::any::Any + Send>>;
 
+/// How long a write waits for `UNSTUCK_REPLICA_ACKS` replicas: a replica on
+/// the same network confirms in about a millisecond; much longer means it is
+/// gone, and the write should fail fast rather than hold the request.
+const REPLICA_ACK_TIMEOUT: Duration = Duration::from_millis(200);
+
 /// Opens the store `UNSTUCK_STORE` names.
 async fn open_store(
     url: &str,
     near_cache: bool,
+    replica_acks: u32,
 ) -> Result<(Arc<dyn SessionStore>, Keepalive), String> {
     let scheme = url.split("://").next().unwrap_or_default();
     if near_cache && !scheme.starts_with("redis") {
@@ -297,10 +311,15 @@ async fn open_store(
                 .to_owned(),
         );
     }
+    if replica_acks > 0 && !scheme.starts_with("redis") {
+        return Err(format!(
+            "UNSTUCK_REPLICA_ACKS={replica_acks} works with Redis stores only"
+        ));
+    }
     match scheme {
         "memory" => Ok((Arc::new(MemoryStore::new()), None)),
         "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => {
-            Ok((redis_store(url, near_cache).await?, None))
+            Ok((redis_store(url, near_cache, replica_acks).await?, None))
         }
         "postgres" | "postgresql" => postgres_store(url).await,
         _ => Err(format!(
@@ -311,10 +330,15 @@ async fn open_store(
 }
 
 #[cfg(feature = "redis")]
-async fn redis_store(url: &str, near_cache: bool) -> Result<Arc<dyn SessionStore>, String> {
+async fn redis_store(
+    url: &str,
+    near_cache: bool,
+    replica_acks: u32,
+) -> Result<Arc<dyn SessionStore>, String> {
     let store = unstuck::RedisStore::connect(url)
         .await
-        .map_err(|e| format!("UNSTUCK_STORE: cannot open the Redis store: {e}"))?;
+        .map_err(|e| format!("UNSTUCK_STORE: cannot open the Redis store: {e}"))?
+        .with_replica_acks(replica_acks, REPLICA_ACK_TIMEOUT);
     if near_cache {
         let cached =
             unstuck::NearCache::new(store).map_err(|e| format!("UNSTUCK_NEAR_CACHE: {e}"))?;
@@ -324,7 +348,11 @@ async fn redis_store(url: &str, near_cache: bool) -> Result<Arc<dyn SessionStore
 }
 
 #[cfg(not(feature = "redis"))]
-async fn redis_store(_url: &str, _near_cache: bool) -> Result<Arc<dyn SessionStore>, String> {
+async fn redis_store(
+    _url: &str,
+    _near_cache: bool,
+    _replica_acks: u32,
+) -> Result<Arc<dyn SessionStore>, String> {
     Err(
         "UNSTUCK_STORE is a Redis URL, but this build has no Redis support: \
          run the demo with `--features redis`"
@@ -360,7 +388,8 @@ async fn run() -> Result<(), String> {
     if settings.dev_secret {
         tracing::warn!("UNSTUCK_SECRET is not set: signing cookies with the public dev secret");
     }
-    let (store, _keepalive) = open_store(&settings.store, settings.near_cache).await?;
+    let (store, _keepalive) =
+        open_store(&settings.store, settings.near_cache, settings.replica_acks).await?;
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;

@@ -8,7 +8,7 @@ common::demo_contract::demo_contract!("memory".to_owned());
 
 #[test]
 fn bad_configuration_is_a_clear_startup_error() {
-    let cases: [(&[(&str, &str)], &str); 5] = [
+    let cases: [(&[(&str, &str)], &str); 7] = [
         (&[("UNSTUCK_SECRET", "short")], "at least 32 bytes"),
         (
             &[("UNSTUCK_STORE", "mongodb://x")],
@@ -20,6 +20,14 @@ fn bad_configuration_is_a_clear_startup_error() {
             "UNSTUCK_COOKIE_SECURE",
         ),
         (&[("UNSTUCK_LISTEN", "not an address")], "cannot listen"),
+        (
+            &[("UNSTUCK_REPLICA_ACKS", "1")],
+            "UNSTUCK_REPLICA_ACKS=1 works with Redis stores only",
+        ),
+        (
+            &[("UNSTUCK_REPLICA_ACKS", "some")],
+            "UNSTUCK_REPLICA_ACKS must be a whole number",
+        ),
     ];
     for (env, message) in cases {
         let (status, stderr) = run_to_exit(env);

@@ -6,6 +6,8 @@ pub mod app;
 pub mod conformance;
 pub mod demo;
 pub mod demo_contract;
+#[cfg(feature = "redis")]
+pub mod failover_load;
 pub mod hogs;
 pub mod instrumented;
 #[cfg(feature = "postgres")]

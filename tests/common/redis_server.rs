@@ -334,6 +334,58 @@ impl SentinelSetup {
         format!("redis+sentinel://{}/{MASTER_NAME}", hosts.join(","))
     }
 
+    /// The sentinels' ports.
+    pub fn sentinel_ports(&self) -> Vec<u16> {
+        self.sentinels.iter().map(RedisServer::port).collect()
+    }
+
+    /// Asks for a planned failover (`SENTINEL FAILOVER`), retrying while the
+    /// sentinels refuse it (no good replica yet: after a previous failover the
+    /// old primary must first be demoted and resynced, about 10-15 s).
+    /// Returns when a sentinel accepted it.
+    pub fn failover(&self, limit: Duration) -> Instant {
+        let start = Instant::now();
+        loop {
+            for sentinel in &self.sentinels {
+                let asked = Instant::now();
+                let reply = sentinel.cli(&["SENTINEL", "FAILOVER", MASTER_NAME]);
+                if reply.is_some_and(|r| r.trim() == "OK") {
+                    return asked;
+                }
+            }
+            assert!(
+                start.elapsed() < limit,
+                "no sentinel accepted SENTINEL FAILOVER within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until `port` is the primary for every sentinel and is synced
+    /// with a replica, so a further failover (or replica acks) can work.
+    pub fn wait_settled(&self, port: u16, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            let agreed = self.sentinels.iter().all(|s| {
+                s.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME])
+                    .and_then(|r| r.lines().nth(1)?.trim().parse::<u16>().ok())
+                    == Some(port)
+            });
+            let replicated = cli(port, &["INFO", "replication"]).is_some_and(|info| {
+                info_field(&info, "role").as_deref() == Some("master")
+                    && info_field(&info, "slave0").is_some_and(|r| r.contains("state=online"))
+            });
+            if agreed && replicated {
+                return;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "port {port} did not settle as the replicated primary within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The port of the node the sentinels currently call primary.
     pub fn current_primary_port(&self) -> Option<u16> {
         self.sentinels.iter().find_map(|s| {

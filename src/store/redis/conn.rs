@@ -12,10 +12,18 @@
 //! A pinned connection that has been idle for a while is checked with a `PING`
 //! before use, as deadpool would: it may have died with its server (a crashed
 //! primary) without any request noticing.
+//!
+//! On Sentinel, a connection to the old primary keeps working after a planned
+//! failover until that node is demoted (about 10 s), and writes made on it in
+//! between are lost. So the store also hears of switches from the sentinels
+//! ([`super::sentinel_watch`]) and then retires every connection it has at once
+//! ([`Connections::primary_switched`], [`Connections::install_primary`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use deadpool_redis::redis::aio::{ConnectionLike, MultiplexedConnection};
 use deadpool_redis::redis::cluster_async::ClusterConnection;
@@ -24,6 +32,7 @@ use deadpool_redis::redis::{
 };
 use deadpool_redis::{cluster, sentinel};
 
+use super::sentinel_watch::Watcher;
 use super::{is_unavailable, map_pool_error, map_redis_error};
 use crate::store::StoreError;
 
@@ -35,11 +44,20 @@ pub(super) enum Backend {
     Cluster(cluster::Pool),
 }
 
-/// A connection object checked out of its pool.
+/// A connection object checked out of its pool, or opened by the Sentinel
+/// watcher straight to a newly announced primary.
 enum Pooled {
     Standalone(deadpool_redis::Connection),
     Sentinel(sentinel::Connection),
     Cluster(cluster::Connection),
+    /// Opened outside the pool: right after a switch, some sentinels may not
+    /// have heard of it yet, and the pool (which asks them in a fixed order)
+    /// could land on the old primary again.
+    Direct {
+        conn: MultiplexedConnection,
+        /// `host:port` of the primary it was opened to.
+        addr: Arc<str>,
+    },
 }
 
 impl Pooled {
@@ -48,6 +66,7 @@ impl Pooled {
             Self::Standalone(conn) => Inner::Plain((**conn).clone()),
             Self::Sentinel(conn) => Inner::Plain((**conn).clone()),
             Self::Cluster(conn) => Inner::Cluster((**conn).clone()),
+            Self::Direct { conn, .. } => Inner::Plain(conn.clone()),
         }
     }
 
@@ -58,9 +77,18 @@ impl Pooled {
             Self::Standalone(conn) => drop(deadpool_redis::Connection::take(conn)),
             Self::Sentinel(conn) => drop(sentinel::Connection::take(conn)),
             Self::Cluster(conn) => drop(cluster::Connection::take(conn)),
+            Self::Direct { conn, .. } => drop(conn),
         }
     }
 }
+
+/// The primary kept switching while a connection was being opened.
+#[derive(Debug, thiserror::Error)]
+#[error("the Redis primary switched {0} times while a connection was being opened")]
+struct KeptSwitching(u32);
+
+/// How often `get` retries when a switch lands while it opens a connection.
+const SWITCH_RETRIES: u32 = 3;
 
 /// A connection unused for longer than this is checked before use.
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(1);
@@ -78,6 +106,13 @@ pub(super) struct Connections {
     /// When a request last succeeded, in ms since `epoch`.
     last_ok: AtomicU64,
     epoch: Instant,
+    /// How many primary switches these connections have followed. Also the
+    /// generation of connections: one opened before the latest switch may point
+    /// at the old primary.
+    switches: watch::Sender<u64>,
+    /// The Sentinel watcher, if any: it holds only a weak reference back, and
+    /// stops when this is dropped with the last store clone.
+    watcher: OnceLock<Watcher>,
 }
 
 impl Connections {
@@ -88,7 +123,100 @@ impl Connections {
             next_id: AtomicU64::new(1),
             last_ok: AtomicU64::new(0),
             epoch: Instant::now(),
+            switches: watch::channel(0).0,
+            watcher: OnceLock::new(),
         }
+    }
+
+    /// Keeps the Sentinel watcher running for as long as these connections
+    /// live. A second watcher is refused (dropped, which stops it).
+    pub fn keep_watcher(&self, watcher: Watcher) {
+        if self.watcher.set(watcher).is_err() {
+            tracing::warn!("a sentinel watcher is already running for this store");
+        }
+    }
+
+    /// Counts the primary switches these connections have followed: the value
+    /// changes (by one per switch) as soon as the old primary's connections are
+    /// retired, so other parts of the store can retire theirs too.
+    #[cfg(test)]
+    pub fn switches(&self) -> watch::Receiver<u64> {
+        self.switches.subscribe()
+    }
+
+    /// How many switches these connections have followed so far (see
+    /// [`switches`](Self::switches)); the near cache compares it with the count
+    /// when its channel opened.
+    pub fn switch_count(&self) -> u64 {
+        *self.switches.borrow()
+    }
+
+    /// The primary the watcher last installed a connection to (`host:port`),
+    /// if the pinned connection is one.
+    pub fn installed_primary(&self) -> Option<Arc<str>> {
+        match self.slot().as_ref().map(|pinned| &pinned.pooled) {
+            Some(Pooled::Direct { addr, .. }) => Some(addr.clone()),
+            _ => None,
+        }
+    }
+
+    /// The primary changed (Sentinel said so): retires the pinned connection
+    /// and every idle pooled one, so the next call opens a connection to the
+    /// new primary. Requests already running on the old connection finish
+    /// there.
+    pub fn primary_switched(&self) {
+        self.switch(None);
+    }
+
+    /// Like [`primary_switched`](Self::primary_switched), and pins `conn`, a
+    /// connection already open to the new primary at `addr` (`host:port`).
+    pub fn install_primary(&self, conn: MultiplexedConnection, addr: &str) {
+        self.switch(Some(Pooled::Direct {
+            conn,
+            addr: addr.into(),
+        }));
+    }
+
+    /// Whether the pinned connection is one [`install_primary`]
+    /// (Self::install_primary) opened to `addr`.
+    pub fn follows(&self, addr: &str) -> bool {
+        matches!(
+            self.slot().as_ref().map(|pinned| &pinned.pooled),
+            Some(Pooled::Direct { addr: pinned, .. }) if &**pinned == addr
+        )
+    }
+
+    fn switch(&self, replacement: Option<Pooled>) {
+        let retired = {
+            let mut slot = self.slot();
+            // Bumped under the slot lock: `get` compares the generation under
+            // the same lock before it pins, so a connection it opened before
+            // this switch is never pinned after it.
+            self.switches.send_modify(|n| *n += 1);
+            let retired = slot.take();
+            if let Some(pooled) = replacement {
+                *slot = Some(Pinned {
+                    id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                    pooled,
+                });
+                self.record_ok();
+            }
+            retired
+        };
+        if let Some(pinned) = retired {
+            pinned.pooled.detach();
+        }
+        // Idle pooled connections still point at the old primary, and
+        // deadpool's check (a `PING`) would not notice.
+        let idle = match &self.backend {
+            Backend::Standalone(pool) => pool.retain(|_, _| false).removed.len(),
+            Backend::Sentinel(pool) => pool.retain(|_, _| false).removed.len(),
+            Backend::Cluster(pool) => pool.retain(|_, _| false).removed.len(),
+        };
+        tracing::info!(
+            idle_retired = idle,
+            "redis primary switched: retired the store's connections to the old primary"
+        );
     }
 
     pub fn mode(&self) -> &'static str {
@@ -121,23 +249,38 @@ impl Connections {
             }
             // The failed PING retired it; fall through to a fresh one.
         }
-        let pooled = match &self.backend {
-            Backend::Standalone(pool) => {
-                Pooled::Standalone(pool.get().await.map_err(map_pool_error)?)
+        for _ in 0..SWITCH_RETRIES {
+            let generation = *self.switches.borrow();
+            let pooled = match &self.backend {
+                Backend::Standalone(pool) => {
+                    Pooled::Standalone(pool.get().await.map_err(map_pool_error)?)
+                }
+                Backend::Sentinel(pool) => {
+                    Pooled::Sentinel(pool.get().await.map_err(map_pool_error)?)
+                }
+                Backend::Cluster(pool) => {
+                    Pooled::Cluster(pool.get().await.map_err(map_pool_error)?)
+                }
+            };
+            // The pool has just checked it.
+            self.record_ok();
+            let mut slot = self.slot();
+            if *self.switches.borrow() != generation {
+                // Taken from the pool (or opened) before the primary switched:
+                // it may point at the old one.
+                drop(slot);
+                pooled.detach();
+                continue;
             }
-            Backend::Sentinel(pool) => Pooled::Sentinel(pool.get().await.map_err(map_pool_error)?),
-            Backend::Cluster(pool) => Pooled::Cluster(pool.get().await.map_err(map_pool_error)?),
-        };
-        // The pool has just checked it.
-        self.record_ok();
-        let mut slot = self.slot();
-        // Another call may have pinned one meanwhile: use it, and let this one
-        // go back to the pool.
-        let pinned = slot.get_or_insert_with(|| Pinned {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            pooled,
-        });
-        Ok(Conn::new(self.clone(), pinned.id, pinned.pooled.handle()))
+            // Another call may have pinned one meanwhile: use it, and let this
+            // one go back to the pool.
+            let pinned = slot.get_or_insert_with(|| Pinned {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                pooled,
+            });
+            return Ok(Conn::new(self.clone(), pinned.id, pinned.pooled.handle()));
+        }
+        Err(StoreError::unavailable(KeptSwitching(SWITCH_RETRIES)))
     }
 
     fn since_last_ok(&self) -> Duration {
@@ -302,5 +445,54 @@ impl ConnectionLike for Inner {
             Self::Plain(conn) => conn.get_db(),
             Self::Cluster(conn) => conn.get_db(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store on a pool that never connects: enough to see the switch
+    /// counter, which does not need a server.
+    fn connections() -> Connections {
+        let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:1")
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .unwrap();
+        Connections::new(Backend::Standalone(pool))
+    }
+
+    #[tokio::test]
+    async fn every_switch_bumps_the_counter_other_parts_watch() {
+        let connections = connections();
+        let mut switches = connections.switches();
+        assert_eq!(*switches.borrow_and_update(), 0);
+        assert!(!switches.has_changed().unwrap());
+
+        connections.primary_switched();
+        assert!(switches.has_changed().unwrap());
+        assert_eq!(*switches.borrow_and_update(), 1);
+
+        // A receiver taken later starts from the current count.
+        let late = connections.switches();
+        connections.primary_switched();
+        assert_eq!(*switches.borrow_and_update(), 2);
+        assert_eq!(*late.borrow(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_receiver_waiting_for_a_switch_wakes_up() {
+        let connections = Arc::new(connections());
+        let mut switches = connections.switches();
+        let waiter = tokio::spawn(async move {
+            switches.changed().await.unwrap();
+            *switches.borrow()
+        });
+        tokio::task::yield_now().await;
+        connections.primary_switched();
+        let seen = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the receiver did not wake up")
+            .unwrap();
+        assert_eq!(seen, 1);
     }
 }

@@ -6,6 +6,7 @@ mod errors;
 mod exec;
 mod index;
 mod scripts;
+mod sentinel_watch;
 mod tracking;
 mod url;
 
@@ -85,10 +86,15 @@ macro_rules! bounded_pool {
 ///   replicas, watched by sentinels that promote a replica when the primary
 ///   fails; the pool asks the sentinels for the current primary when it
 ///   reconnects. Connections that see the failure are dropped from the pool at
-///   once. After a *manual* failover (`SENTINEL FAILOVER`), a connection to the
-///   old primary keeps working until that node is demoted (about 10 s); its
-///   writes in that window are lost, and writes it attempts afterwards fail with
-///   `READONLY`, which drops the connection.
+///   once. After a *manual* failover (`SENTINEL FAILOVER`) the old primary keeps
+///   accepting writes until it is demoted (about 10 s) and loses them then; so a
+///   store made by [`connect`](Self::connect) listens to the sentinels'
+///   announcements and moves to the promoted replica the moment it answers as
+///   primary, retiring every connection to the old one (and checks the sentinels
+///   about every second in case an announcement was missed). A store made by
+///   [`from_sentinel_pool`](Self::from_sentinel_pool) does not know the
+///   sentinels' addresses: its connections to the old primary go only when a
+///   write fails with `READONLY` after the demotion.
 /// - **Cluster** (`redis+cluster://n1:7000,n2:7001`): sessions spread over
 ///   shards by hash slot; each shard fails over like Sentinel.
 ///
@@ -191,6 +197,8 @@ impl RedisStore {
                 master_name,
                 db,
             } => {
+                // The watcher follows switches as Sentinel announces them.
+                let (watched, master) = (sentinels.clone(), master_name.clone());
                 let mut config = sentinel::Config::from_urls(
                     sentinels,
                     master_name,
@@ -206,7 +214,9 @@ impl RedisStore {
                     });
                 }
                 let pool = config.builder().map_err(StoreError::backend)?;
-                Self::from_sentinel_pool(bounded_pool!(pool)?)
+                let store = Self::from_sentinel_pool(bounded_pool!(pool)?);
+                sentinel_watch::watch(&store.connections, watched, master, db);
+                store
             }
             url::Target::Cluster { nodes } => {
                 let pool = cluster::Config::from_urls(nodes)
@@ -301,7 +311,7 @@ impl RedisStore {
     /// How many times the store has seen its primary change (Sentinel), so a
     /// near cache channel opened before a switch can tell it is stale.
     fn primary_switches(&self) -> u64 {
-        0
+        self.connections.switch_count()
     }
 
     /// Runs `op` within the store's time budget, widened by one replica-ack

@@ -120,7 +120,14 @@ impl RedisStore {
                 sentinels,
                 master_name,
                 db,
-            }) => primary_of(sentinels, master_name, *db).await,
+            }) => match self.connections.installed_primary() {
+                // Right after a switch some sentinels may still name the old
+                // primary: go where the store's own connection went.
+                Some(addr) => redis::Client::open(format!("redis://{addr}/{db}"))
+                    .map(|client| client.get_connection_info().clone())
+                    .map_err(map_redis_error),
+                None => primary_of(sentinels, master_name, *db).await,
+            },
             Some(Target::Cluster { .. }) | None => Err(untrackable(self.target.as_deref()).into()),
         }
     }
@@ -169,6 +176,24 @@ impl Trackable for RedisStore {
                 .get_multiplexed_async_connection_with_config(&config)
                 .await
                 .map_err(map_redis_error)?;
+            if matches!(self.target.as_deref(), Some(Target::Sentinel { .. })) {
+                // A sentinel that has not heard of a switch yet names the old
+                // primary, which still answers until it is demoted: make sure.
+                let role: Vec<Value> = redis::cmd("ROLE")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(map_redis_error)?;
+                let primary = match role.first() {
+                    Some(Value::BulkString(role)) => role == b"master",
+                    Some(Value::SimpleString(role)) => role == "master",
+                    _ => false,
+                };
+                if !primary {
+                    return Err(StoreError::unavailable(
+                        "the server the sentinels named is not the primary (a switch is under way)",
+                    ));
+                }
+            }
             // NOLOOP: this process's own saves update the cache themselves
             // (see the near cache's docs) rather than invalidating it.
             redis::cmd("CLIENT")
