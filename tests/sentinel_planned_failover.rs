@@ -348,11 +348,15 @@ async fn the_near_cache_leaves_the_old_primary_at_a_planned_failover() {
     let asked = tokio::task::block_in_place(|| setup.failover(SETTLE_LIMIT));
     let redis_key = format!("unstuck:{{{}}}", key.as_str());
     let mut n = 0u64;
+    let mut promoted_at = None;
     let landed = loop {
         n += 1;
         // Once the new primary says it is one, it no longer replicates from
         // the old: a value it holds after that was written to it.
         let promoted = cli(new, &["ROLE"]).is_some_and(|r| r.starts_with("master"));
+        if promoted {
+            promoted_at.get_or_insert_with(Instant::now);
+        }
         let mut changes = ChangeSet::new(SystemTime::now() + Duration::from_secs(600));
         changes.insert("count", n.to_string());
         // Saves fail fast while the switch is under way; that is fine here.
@@ -367,9 +371,17 @@ async fn the_near_cache_leaves_the_old_primary_at_a_planned_failover() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
+    let follow = landed.saturating_duration_since(promoted_at.unwrap());
     eprintln!(
-        "near cache: first save on the new primary {:?} after SENTINEL FAILOVER",
+        "near cache: first save on the new primary {:?} after SENTINEL FAILOVER, \
+         {follow:?} after the promotion",
         landed.saturating_duration_since(asked)
+    );
+    // Far below the ~10 s after which the old primary is demoted and a cache
+    // that stayed on it would be pushed off by READONLY errors.
+    assert!(
+        follow <= FOLLOW_LIMIT,
+        "the cache took {follow:?} to follow"
     );
     assert!(
         cached.stats().flushes > flushes,
