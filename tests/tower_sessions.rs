@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
@@ -443,4 +443,58 @@ async fn redis_holds_no_tower_sessions_id_in_keys_or_values() {
             .unwrap()
             .is_some()
     );
+}
+
+/// `ExpiredDeletion` on PostgreSQL, both versions: expired rows go, live ones
+/// stay.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_expired_deletion_removes_only_expired_rows() {
+    use common::postgres_server::{self, qualified_table, random_tag, shared};
+    use sqlx::AssertSqlSafe;
+    use unstuck::{Record, SessionId, SessionStore as _};
+
+    let table_name = format!("t_{}", random_tag());
+    let store = postgres_server::store()
+        .await
+        .with_table(&table_name)
+        .unwrap();
+    store.migrate().await.unwrap();
+    let table = qualified_table(&shared().schema, &table_name);
+    async fn rows(store: &unstuck::PostgresStore, table: &str) -> i64 {
+        let query = format!("SELECT count(*) FROM {table}");
+        sqlx::query_scalar::<_, i64>(AssertSqlSafe(query))
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    }
+    async fn fill(store: &unstuck::PostgresStore, live: usize, expired: usize) {
+        let now = SystemTime::now();
+        for i in 0..live + expired {
+            let expires_at = if i < live {
+                now + Duration::from_secs(600)
+            } else {
+                now - Duration::from_secs(1)
+            };
+            let record = Record {
+                data: Default::default(),
+                user: None,
+                created_at: now - Duration::from_secs(2),
+                expires_at,
+            };
+            let key = SessionId::generate().storage_key();
+            assert!(store.create(&key, &record).await.unwrap());
+        }
+    }
+    fill(&store, 2, 5).await;
+    assert_eq!(rows(&store, &table).await, 7);
+    tower_sessions::ExpiredDeletion::delete_expired(&store)
+        .await
+        .unwrap();
+    assert_eq!(rows(&store, &table).await, 2);
+    fill(&store, 0, 3).await;
+    tower_sessions_014::ExpiredDeletion::delete_expired(&store)
+        .await
+        .unwrap();
+    assert_eq!(rows(&store, &table).await, 2);
 }

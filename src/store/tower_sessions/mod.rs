@@ -36,6 +36,9 @@
 //! - **`delete` deletes**, and `load` never returns an expired session.
 //! - **Expiry** is their record's `expiry_date`, enforced by our store (Redis
 //!   expires the key, PostgreSQL and memory hide and later sweep the row).
+//!   `PostgresStore` also implements tower-sessions' `ExpiredDeletion`, so
+//!   `store.clone().continuously_delete_expired(period)` works as it did with
+//!   tower-sessions-sqlx-store (or use `PostgresStore::spawn_cleanup`).
 //!
 //! ## Last writer wins under their layer
 //! tower-sessions hands the store the *whole* record at the end of each request.
@@ -118,6 +121,14 @@ impl<S> ForTowerSessions<S> {
 /// 128 random bits one retry is already astronomically rare; more than a few
 /// means the random number generator is broken, which is worth an error.
 const CREATE_ATTEMPTS: usize = 4;
+
+/// Rows one `ExpiredDeletion::delete_expired` batch deletes on PostgreSQL.
+#[cfg(feature = "postgres")]
+const CLEANUP_BATCH: u32 = 1000;
+/// Batches one `ExpiredDeletion::delete_expired` call deletes at most, so a call
+/// ends even while sessions expire faster than it deletes them.
+#[cfg(feature = "postgres")]
+const CLEANUP_BATCHES: usize = 1000;
 
 /// Implements one tower-sessions version's `SessionStore` for our stores.
 /// Invoked once per version (`v015.rs`, `v014.rs`): the two traits are the same
@@ -220,6 +231,30 @@ macro_rules! impl_tower_sessions_store {
                 }
             }
         )+
+
+        /// Deletes expired rows in batches until a batch comes back short (at
+        /// most 1000 batches of 1000 rows per call), so tower-sessions' `continuously_delete_expired`
+        /// works as with tower-sessions-sqlx-store. Call it as
+        /// `ExpiredDeletion::delete_expired(&store)`: `store.delete_expired(n)`
+        /// is [`PostgresStore::delete_expired`](crate::PostgresStore::delete_expired),
+        /// one batch. [`PostgresStore::spawn_cleanup`](crate::PostgresStore::spawn_cleanup)
+        /// does the same in the background.
+        #[cfg(feature = "postgres")]
+        #[async_trait]
+        impl ::$core::session_store::ExpiredDeletion for $crate::PostgresStore {
+            async fn delete_expired(&self) -> their::Result<()> {
+                use $crate::store::tower_sessions::{CLEANUP_BATCH, CLEANUP_BATCHES};
+                for _ in 0..CLEANUP_BATCHES {
+                    let deleted = $crate::PostgresStore::delete_expired(self, CLEANUP_BATCH)
+                        .await
+                        .map_err(backend)?;
+                    if deleted < u64::from(CLEANUP_BATCH) {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+        }
 
         #[async_trait]
         impl<S: SessionStore> TheirStore for ForTowerSessions<S> {
