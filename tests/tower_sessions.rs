@@ -284,6 +284,25 @@ macro_rules! tower_sessions_suite {
             );
         }
 
+        pub async fn sessions_of_both_layers_share_one_store_without_clashing<S: Store>(store: S) {
+            let theirs = app(store.clone());
+            let ours = crate::common::app::app(store.clone());
+            let their_cookie = send(&theirs, "GET", "/counter", None, "").await.cookie();
+            let our_cookie = send(&ours, "GET", "/counter", None, "").await.cookie();
+            for n in 2..=3 {
+                let reply = send(&theirs, "GET", "/counter", Some(&their_cookie), "").await;
+                assert_eq!(reply.body, n.to_string(), "their layer");
+                let reply = send(&ours, "GET", "/counter", Some(&our_cookie), "").await;
+                assert_eq!(reply.body, n.to_string(), "our layer");
+            }
+            // Each layer takes the other's cookie for no session at all.
+            let peek = send(&theirs, "GET", "/peek", Some(&our_cookie), "").await;
+            assert_eq!(peek.body, "null");
+            let fresh = send(&ours, "GET", "/counter", Some(&their_cookie), "").await;
+            assert_eq!(fresh.body, "1");
+            assert!(stored(&store, &their_cookie).await.is_some());
+        }
+
         pub async fn concurrent_logins_each_get_their_own_session<S: Store>(store: S) {
             const USERS: usize = 8;
             let (a, b) = (app(store.clone()), app(store.clone()));
@@ -347,6 +366,7 @@ macro_rules! on_store {
             flush_deletes_the_session_and_removes_the_cookie,
             an_idle_session_expires_in_the_store,
             a_save_finishing_after_a_flush_does_not_resurrect,
+            sessions_of_both_layers_share_one_store_without_clashing,
             concurrent_logins_each_get_their_own_session
         );
     };

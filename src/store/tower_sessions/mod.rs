@@ -57,7 +57,8 @@
 //! session is one of our records whose data holds a single key,
 //! `tower_sessions.data`, with their whole data map as a JSON object. tower-sessions
 //! 0.14 and 0.15 use the same layout and keys, so upgrading from one to the other
-//! keeps every session.
+//! keeps every session. Both layers call their cookie `id` by default: if both
+//! serve one site, give one of them another name.
 //!
 //! # Their stores under our layer
 //! [`TowerSessionsBackend`] (feature `tower-sessions`) wraps any tower-sessions 0.15
