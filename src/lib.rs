@@ -52,6 +52,9 @@
 //! - [`SessionStore`]: the trait stores implement, built around [`ChangeSet`]s;
 //!   [`MemoryStore`] is the embedded one.
 //! - [`Key`]: cookie keys, derived from secrets; several rotate.
+//! - `store::tower_sessions` (features `tower-sessions`, `tower-sessions-014`):
+//!   our stores under tower-sessions' layer (and so axum-login), and
+//!   tower-sessions stores under ours.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 

@@ -10,6 +10,8 @@ mod near_cache;
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(any(feature = "tower-sessions", feature = "tower-sessions-014"))]
+pub mod tower_sessions;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
