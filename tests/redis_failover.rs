@@ -77,6 +77,7 @@ async fn sentinel_failover_keeps_replica_acked_sessions_and_service_resumes() {
          ({unavailable} calls failed fast with Unavailable meanwhile)"
     );
     assert!(unavailable > 0, "the kill should have been noticed");
+    tokio::task::block_in_place(|| setup.wait_named_primary(setup.replica.port(), FAILOVER_LIMIT));
     let new_primary = setup.current_primary_port();
     assert_eq!(new_primary, Some(setup.replica.port()));
     assert_ne!(new_primary, Some(old_primary));

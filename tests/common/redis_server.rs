@@ -386,6 +386,24 @@ impl SentinelSetup {
         }
     }
 
+    /// Waits until every sentinel names `port` as the primary. The store
+    /// follows a promotion as soon as the replica reports itself primary,
+    /// which can be before the sentinels have all updated their view.
+    pub fn wait_named_primary(&self, port: u16, limit: Duration) {
+        let start = Instant::now();
+        while !self.sentinels.iter().all(|s| {
+            s.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME])
+                .and_then(|r| r.lines().nth(1)?.trim().parse::<u16>().ok())
+                == Some(port)
+        }) {
+            assert!(
+                start.elapsed() < limit,
+                "the sentinels did not all name port {port} within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The port of the node the sentinels currently call primary.
     pub fn current_primary_port(&self) -> Option<u16> {
         self.sentinels.iter().find_map(|s| {
