@@ -69,6 +69,7 @@ mod key;
 mod layer;
 mod session;
 pub mod store;
+mod time;
 
 pub use crate::cookie::CookieProtection;
 pub use crate::error::{ConfigError, Error};

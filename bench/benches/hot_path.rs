@@ -16,10 +16,65 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::BodyExt;
 use hyper::Request;
 use tower::ServiceExt;
-use unstuck::{ChangeSet, Key, MemoryStore, Record, Session, SessionId, SessionLayer};
+use unstuck::{
+    ChangeSet, Key, MemoryStore, Record, SaveOutcome, Session, SessionId, SessionLayer, SessionStore,
+    SessionSummary, StorageKey, StoreError, Version,
+};
+
+/// The memory store, reporting a version for every save as a near cache does:
+/// the layer then sends the version in a fresh `Set-Cookie` after each write.
+/// The difference to the plain memory store is the cost of that cookie.
+#[derive(Debug, Default)]
+struct Versioned {
+    inner: MemoryStore,
+    version: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl SessionStore for Versioned {
+    async fn load(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
+        self.inner.load(key).await
+    }
+    async fn create(&self, key: &StorageKey, record: &Record) -> Result<bool, StoreError> {
+        self.inner.create(key, record).await
+    }
+    async fn save(&self, key: &StorageKey, changes: &ChangeSet) -> Result<SaveOutcome, StoreError> {
+        self.inner.save(key, changes).await
+    }
+    async fn save_versioned(
+        &self,
+        key: &StorageKey,
+        changes: &ChangeSet,
+    ) -> Result<(SaveOutcome, Option<Version>), StoreError> {
+        let outcome = self.inner.save(key, changes).await?;
+        let version = self.version.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 2;
+        Ok((outcome, Some(Version::new(version))))
+    }
+    async fn rotate(
+        &self,
+        from: &StorageKey,
+        to: &StorageKey,
+        changes: &ChangeSet,
+    ) -> Result<SaveOutcome, StoreError> {
+        self.inner.rotate(from, to, changes).await
+    }
+    async fn delete(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn user_sessions(&self, user: &str) -> Result<Vec<SessionSummary>, StoreError> {
+        self.inner.user_sessions(user).await
+    }
+    async fn delete_user_sessions(&self, user: &str) -> Result<u64, StoreError> {
+        self.inner.delete_user_sessions(user).await
+    }
+}
 
 fn app() -> Router {
-    let layer = SessionLayer::new(MemoryStore::new()).with_keys([Key::derive_from(&[3; 32]).unwrap()]);
+    app_on(MemoryStore::new())
+}
+
+fn app_on(store: impl SessionStore) -> Router {
+    let layer = SessionLayer::new(store).with_keys([Key::derive_from(&[3; 32]).unwrap()]);
     Router::new()
         .route("/none", get(|| async { "ok" }))
         .route(
@@ -82,6 +137,15 @@ fn requests(c: &mut Criterion) {
     });
     group.bench_function("write (load + delta save)", |b| {
         b.to_async(&runtime).iter(|| call(&app, "/write", Some(&cookie)))
+    });
+    let versioned = app_on(Versioned::default());
+    let versioned_cookie = runtime.block_on(call(&versioned, "/write", None)).unwrap();
+    assert!(
+        runtime.block_on(call(&versioned, "/write", Some(&versioned_cookie))).is_some(),
+        "a versioned save must send a cookie"
+    );
+    group.bench_function("write with the version cookie (as through a near cache)", |b| {
+        b.to_async(&runtime).iter(|| call(&versioned, "/write", Some(&versioned_cookie)))
     });
     group.finish();
 }

@@ -2,7 +2,7 @@
 //! replies back into records.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -123,17 +123,12 @@ pub(super) fn decode(fields: HashMap<String, String>) -> Result<Record, StoreErr
     }
 }
 
-pub(super) fn millis(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-pub(super) fn from_millis(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
-}
+pub(super) use crate::time::{from_unix_millis_u64 as from_millis, unix_millis_u64 as millis};
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::id::SessionId;
 

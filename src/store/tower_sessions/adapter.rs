@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -171,10 +171,7 @@ fn store_error(error: TheirError) -> StoreError {
     }
 }
 
-fn millis(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+use crate::time::{from_unix_millis_u64, unix_millis_u64 as millis};
 
 /// Our record as their record with ID `id`.
 fn theirs(id: Id, record: &Record) -> Result<TheirRecord, StoreError> {
@@ -211,7 +208,7 @@ fn ours(theirs: &TheirRecord) -> Result<Record, StoreError> {
             .map(|(key, value)| (key, value.to_string()))
             .collect(),
         user: stored.user,
-        created_at: UNIX_EPOCH + Duration::from_millis(stored.created_at_ms),
+        created_at: from_unix_millis_u64(stored.created_at_ms),
         expires_at: theirs.expiry_date.into(),
     })
 }
@@ -311,6 +308,7 @@ impl<T: TheirStore> TowerSessionsBackend<T> {
 mod tests {
     use super::*;
     use crate::SessionId;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn their_id_is_part_of_the_hash_and_differs_per_session() {
