@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime};
 
 /// A session's lifetime as of the current request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Expiry {
     /// When the session was created.
     pub created_at: SystemTime,

@@ -132,7 +132,7 @@ impl SessionLayer {
     /// The cookie's name (default `id`: generic, so it does not advertise the
     /// stack). A `__Host-` or `__Secure-` prefix is honoured: its rules are
     /// checked when the layer is applied.
-    pub fn with_cookie_name(mut self, name: impl Into<String>) -> Self {
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.config().cookie.name = name.into();
         self
     }

@@ -312,10 +312,10 @@ async fn the_extractor_without_the_layer_is_a_clear_500() {
 #[test]
 fn contradictory_cookie_settings_fail_when_the_layer_is_applied() {
     let host_without_secure = SessionLayer::new(MemoryStore::new())
-        .with_cookie_name("__Host-id")
+        .with_name("__Host-id")
         .with_secure(false);
     let host_with_path = SessionLayer::new(MemoryStore::new())
-        .with_cookie_name("__Host-id")
+        .with_name("__Host-id")
         .with_path("/app");
     let no_keys = SessionLayer::new(MemoryStore::new()).with_keys([]);
     for layer in [host_without_secure, host_with_path, no_keys] {
@@ -324,7 +324,7 @@ fn contradictory_cookie_settings_fail_when_the_layer_is_applied() {
         }));
         assert!(applied.is_err());
     }
-    let fine = SessionLayer::new(MemoryStore::new()).with_cookie_name("__Host-id");
+    let fine = SessionLayer::new(MemoryStore::new()).with_name("__Host-id");
     let _ = Router::<()>::new().route("/", get(health)).layer(fine);
 }
 
@@ -335,7 +335,7 @@ fn configuration_problems_are_typed_errors_found_by_validate() {
     assert_eq!(base().with_keys([]).validate(), Err(ConfigError::NoKeys));
     assert!(matches!(
         base()
-            .with_cookie_name("__Host-id")
+            .with_name("__Host-id")
             .with_path("/app")
             .validate(),
         Err(ConfigError::Cookie(_))

@@ -5,7 +5,7 @@ mod common;
 common::conformance::store_conformance!(unstuck::MemoryStore::new());
 
 #[test]
-fn purge_expired_frees_memory_of_dead_sessions() {
+fn delete_expired_frees_memory_of_dead_sessions() {
     use std::time::{Duration, SystemTime};
     use unstuck::{MemoryStore, Record, SessionId, SessionStore};
 
@@ -33,6 +33,6 @@ fn purge_expired_frees_memory_of_dead_sessions() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     });
     assert_eq!(store.len(), 2);
-    assert_eq!(store.purge_expired(), 1);
+    assert_eq!(store.delete_expired(), 1);
     assert_eq!(store.len(), 1);
 }

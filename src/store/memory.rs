@@ -59,7 +59,7 @@ impl MemoryStore {
     }
 
     /// Removes every expired session now, and returns how many there were.
-    pub fn purge_expired(&self) -> usize {
+    pub fn delete_expired(&self) -> usize {
         self.lock().sweep(SystemTime::now())
     }
 

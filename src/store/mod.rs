@@ -21,7 +21,6 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 pub use self::memory::MemoryStore;
-#[cfg(feature = "redis")]
 pub use self::near_cache::{Invalidations, NearCache, NearCacheStats, Trackable, TrackedSave};
 #[cfg(feature = "postgres")]
 pub use self::postgres::{DEFAULT_TABLE, InvalidIdentifier, PostgresCleanup, PostgresStore};
@@ -244,6 +243,7 @@ impl Version {
 
 /// One session of a user, as listed by [`SessionStore::user_sessions`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SessionSummary {
     /// The session's storage key (a hash; safe to show and to pass back to
     /// [`SessionStore::delete`]).
@@ -252,6 +252,18 @@ pub struct SessionSummary {
     pub created_at: SystemTime,
     /// When it expires unless refreshed.
     pub expires_at: SystemTime,
+}
+
+impl SessionSummary {
+    /// A listing entry, for stores to return from
+    /// [`SessionStore::user_sessions`].
+    pub fn new(key: StorageKey, created_at: SystemTime, expires_at: SystemTime) -> Self {
+        Self {
+            key,
+            created_at,
+            expires_at,
+        }
+    }
 }
 
 /// Where sessions live. Implemented by [`MemoryStore`] and the networked stores;
