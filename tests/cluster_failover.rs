@@ -133,14 +133,11 @@ async fn manual_failovers_keep_every_session() {
         .await;
 
     let slot = slots[0];
-    let ports = cluster.ports();
     for round in 1..=2 {
         let (master, replica) = cluster.shard_of(slot).expect("no master/replica pair");
         let landed = landed_probe(replica).await;
-        let asked = cluster.manual_failover(replica);
-        let promoted = tokio::task::block_in_place(|| {
-            cluster.wait_master(&ports, slot, replica, SETTLE_LIMIT)
-        });
+        let (asked, promoted) =
+            tokio::task::block_in_place(|| cluster.manual_failover(slot, replica, SETTLE_LIMIT));
         let landed = landed.await.unwrap();
         let resumed = load.wait_progress(&load.acked(), 20, SETTLE_LIMIT).await;
         let outage = load.longest_gap(asked, resumed);

@@ -654,19 +654,32 @@ impl ReplicatedCluster {
     /// `cluster_state:ok` and names `master` as the server of `slot`, and
     /// `master` reports the role master. Returns when that held.
     pub fn wait_master(&self, live: &[u16], slot: u16, master: u16, limit: Duration) -> Instant {
+        self.try_wait_master(live, slot, master, limit)
+            .unwrap_or_else(|| {
+                panic!(
+                    "port {master} did not become the agreed master of slot {slot} within \
+                     {limit:?}: {:?}",
+                    cluster_nodes(master)
+                )
+            })
+    }
+
+    /// Like [`wait_master`](Self::wait_master), `None` after `limit`.
+    pub fn try_wait_master(
+        &self,
+        live: &[u16],
+        slot: u16,
+        master: u16,
+        limit: Duration,
+    ) -> Option<Instant> {
         let start = Instant::now();
-        loop {
+        while start.elapsed() < limit {
             if self.agreed_master(live, slot, master) {
-                return Instant::now();
+                return Some(Instant::now());
             }
-            assert!(
-                start.elapsed() < limit,
-                "port {master} did not become the agreed master of slot {slot} within {limit:?}: \
-                 {:?}",
-                cluster_nodes(master)
-            );
             std::thread::sleep(Duration::from_millis(50));
         }
+        None
     }
 
     /// Polls (every 100 ms) until every node answers, reports
@@ -704,17 +717,31 @@ impl ReplicatedCluster {
         }
     }
 
-    /// Asks the replica on `port` for a coordinated manual failover
-    /// (`CLUSTER FAILOVER`); returns when it accepted.
-    pub fn manual_failover(&self, replica: u16) -> Instant {
-        let asked = Instant::now();
-        let reply = cli(replica, &["CLUSTER", "FAILOVER"]);
-        assert_eq!(
-            reply.as_deref().map(str::trim),
-            Some("OK"),
-            "CLUSTER FAILOVER refused on port {replica}"
+    /// Asks the replica on `replica` for a coordinated manual failover
+    /// (`CLUSTER FAILOVER`: the master pauses writes until the replica has
+    /// caught up, then the replica takes over) of the shard serving `slot`,
+    /// and waits until every node agrees. A manual failover that does not
+    /// complete (Redis gives up after 5 s, e.g. on a starved machine) is asked
+    /// for again, up to 3 times. Returns when the last request was accepted
+    /// and when the promotion was agreed.
+    pub fn manual_failover(&self, slot: u16, replica: u16, limit: Duration) -> (Instant, Instant) {
+        let ports = self.ports();
+        for _ in 0..3 {
+            let asked = Instant::now();
+            let reply = cli(replica, &["CLUSTER", "FAILOVER"]);
+            assert_eq!(
+                reply.as_deref().map(str::trim),
+                Some("OK"),
+                "CLUSTER FAILOVER refused on port {replica}"
+            );
+            if let Some(promoted) = self.try_wait_master(&ports, slot, replica, limit / 3) {
+                return (asked, promoted);
+            }
+        }
+        panic!(
+            "CLUSTER FAILOVER on port {replica} did not complete in 3 tries within {limit:?}: {:?}",
+            cluster_nodes(replica)
         );
-        asked
     }
 
     /// Ports of every node.
