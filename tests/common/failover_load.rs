@@ -69,12 +69,20 @@ impl CounterLoad {
     /// Creates `sessions` sessions (count 0) through the first store and
     /// starts incrementing them.
     pub async fn start(stores: &[RedisStore], sessions: usize) -> Self {
+        let keys = (0..sessions)
+            .map(|_| SessionId::generate().storage_key())
+            .collect();
+        Self::start_keys(stores, keys).await
+    }
+
+    /// Like [`start`](Self::start), on sessions with the given storage keys
+    /// (e.g. chosen to spread over the shards of a Cluster).
+    pub async fn start_keys(stores: &[RedisStore], chosen: Vec<StorageKey>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let mut keys = Vec::new();
         let mut tallies = Vec::new();
         let mut tasks = Vec::new();
-        for i in 0..sessions {
-            let key = SessionId::generate().storage_key();
+        for (i, key) in chosen.into_iter().enumerate() {
             let created_at = now();
             let record = Record {
                 data: [("count".to_owned(), "0".to_owned())].into(),
@@ -146,6 +154,30 @@ impl CounterLoad {
                 let times = t.ack_times.lock().unwrap();
                 let acked = times.iter().filter(|at| **at >= from && **at <= to).count();
                 (acked as u64, t.lost.load(Ordering::Relaxed))
+            })
+            .collect()
+    }
+
+    /// The longest time any session went without an acknowledged increment
+    /// within `[from, to]`: how long writes failed, for the worst session.
+    pub fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
+        self.gaps(from, to).into_iter().max().unwrap_or_default()
+    }
+
+    /// Per session: the longest time without an acknowledged increment within
+    /// `[from, to]`.
+    pub fn gaps(&self, from: Instant, to: Instant) -> Vec<Duration> {
+        self.tallies
+            .iter()
+            .map(|t| {
+                let times = t.ack_times.lock().unwrap();
+                let mut previous = from;
+                let mut longest = Duration::ZERO;
+                for at in times.iter().filter(|at| **at >= from && **at <= to) {
+                    longest = longest.max(at.saturating_duration_since(previous));
+                    previous = *at;
+                }
+                longest.max(to.saturating_duration_since(previous))
             })
             .collect()
     }

@@ -493,3 +493,277 @@ pub fn dump(port: u16, pattern: &str) -> Vec<(String, String)> {
     }
     entries
 }
+
+/// One line of `CLUSTER NODES`: a node as some node of the cluster sees it.
+#[derive(Clone, Debug)]
+pub struct ClusterNodeView {
+    pub id: String,
+    pub port: u16,
+    pub flags: Vec<String>,
+    /// The master's ID for a replica, `None` for a master.
+    pub master: Option<String>,
+    /// Slot ranges (inclusive) it serves, for a master.
+    pub slots: Vec<(u16, u16)>,
+}
+
+impl ClusterNodeView {
+    pub fn is_master(&self) -> bool {
+        self.flags.iter().any(|f| f == "master")
+    }
+
+    /// Flagged as failing (`fail` or `fail?`).
+    pub fn is_failing(&self) -> bool {
+        self.flags.iter().any(|f| f.starts_with("fail"))
+    }
+
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+    }
+}
+
+/// `CLUSTER NODES` as seen by the node on `port`; `None` if it does not answer.
+pub fn cluster_nodes(port: u16) -> Option<Vec<ClusterNodeView>> {
+    let text = cli(port, &["CLUSTER", "NODES"])?;
+    let mut nodes = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 8 {
+            return None;
+        }
+        // `127.0.0.1:port@busport[,hostname]`
+        let port = fields[1]
+            .split('@')
+            .next()?
+            .rsplit(':')
+            .next()?
+            .parse()
+            .ok()?;
+        let slots = fields[8..]
+            .iter()
+            // Skip slots being migrated (`[slot->-id]`).
+            .filter(|s| !s.starts_with('['))
+            .filter_map(|s| match s.split_once('-') {
+                Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                None => s.parse().ok().map(|n| (n, n)),
+            })
+            .collect();
+        nodes.push(ClusterNodeView {
+            id: fields[0].to_owned(),
+            port,
+            flags: fields[2].split(',').map(str::to_owned).collect(),
+            master: (fields[3] != "-").then(|| fields[3].to_owned()),
+            slots,
+        });
+    }
+    Some(nodes)
+}
+
+/// Three masters with one replica each, owned by one test (which fails nodes
+/// over or kills them). A node is declared failing after `node_timeout`.
+pub struct ReplicatedCluster {
+    /// The six nodes, in creation order; `redis-cli --cluster create` picks
+    /// which are masters.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl ReplicatedCluster {
+    /// Starts six nodes, joins them with `--cluster-replicas 1` and waits
+    /// until every node reports `cluster_state:ok`, sees all six nodes
+    /// healthy, and every replica is in sync with its master.
+    pub fn start(node_timeout: Duration) -> Self {
+        let timeout_ms = node_timeout.as_millis().to_string();
+        let nodes: Vec<RedisServer> = (0..6)
+            .map(|_| {
+                RedisServer::start_with(
+                    free_port(),
+                    "cluster-ha",
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        &timeout_ms,
+                    ],
+                )
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let out = Command::new("timeout")
+            .args(["60", "redis-cli", "--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Self { nodes };
+        cluster.wait_healthy(Duration::from_secs(30));
+        cluster
+    }
+
+    /// The `redis+cluster://` URL naming every node as a seed.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// The node listening on `port`.
+    pub fn node_mut(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port() == port)
+            .unwrap_or_else(|| panic!("no cluster node on port {port}"))
+    }
+
+    /// The slot of `key` (`CLUSTER KEYSLOT`, asked of any node that answers).
+    pub fn keyslot(&self, key: &str) -> u16 {
+        self.nodes
+            .iter()
+            .find_map(|n| n.cli(&["CLUSTER", "KEYSLOT", key])?.trim().parse().ok())
+            .expect("no cluster node answered CLUSTER KEYSLOT")
+    }
+
+    /// The master serving `slot` and its replica (ports), as the first node
+    /// that answers sees them. `None` while that view has no such pair.
+    pub fn shard_of(&self, slot: u16) -> Option<(u16, u16)> {
+        let view = self.nodes.iter().find_map(|n| cluster_nodes(n.port()))?;
+        let master = view
+            .iter()
+            .find(|n| n.is_master() && !n.is_failing() && n.serves(slot))?;
+        let replica = view
+            .iter()
+            .find(|n| n.master.as_deref() == Some(&master.id) && !n.is_failing())?;
+        Some((master.port, replica.port))
+    }
+
+    /// Whether every node answering on `ports` agrees that `master` serves
+    /// `slot` and reports `cluster_state:ok`, and `master` itself says its
+    /// role is master.
+    fn agreed_master(&self, ports: &[u16], slot: u16, master: u16) -> bool {
+        let role_ok = cli(master, &["ROLE"])
+            .is_some_and(|r| r.lines().next().is_some_and(|l| l.trim() == "master"));
+        role_ok
+            && ports.iter().all(|port| {
+                let state_ok = cli(*port, &["CLUSTER", "INFO"])
+                    .and_then(|i| info_field(&i, "cluster_state"))
+                    .is_some_and(|s| s == "ok");
+                let owner = cluster_nodes(*port).and_then(|view| {
+                    view.into_iter()
+                        .find(|n| n.is_master() && !n.is_failing() && n.serves(slot))
+                        .map(|n| n.port)
+                });
+                state_ok && owner == Some(master)
+            })
+    }
+
+    /// Polls (every 50 ms) until every live node in `live` reports
+    /// `cluster_state:ok` and names `master` as the server of `slot`, and
+    /// `master` reports the role master. Returns when that held.
+    pub fn wait_master(&self, live: &[u16], slot: u16, master: u16, limit: Duration) -> Instant {
+        self.try_wait_master(live, slot, master, limit)
+            .unwrap_or_else(|| {
+                panic!(
+                    "port {master} did not become the agreed master of slot {slot} within \
+                     {limit:?}: {:?}",
+                    cluster_nodes(master)
+                )
+            })
+    }
+
+    /// Like [`wait_master`](Self::wait_master), `None` after `limit`.
+    pub fn try_wait_master(
+        &self,
+        live: &[u16],
+        slot: u16,
+        master: u16,
+        limit: Duration,
+    ) -> Option<Instant> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.agreed_master(live, slot, master) {
+                return Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Polls (every 100 ms) until every node answers, reports
+    /// `cluster_state:ok`, sees six nodes none of them failing, and every
+    /// replica has its link to its master up.
+    pub fn wait_healthy(&self, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            let healthy = self.nodes.iter().all(|node| {
+                let state_ok = node
+                    .cli(&["CLUSTER", "INFO"])
+                    .and_then(|i| info_field(&i, "cluster_state"))
+                    .is_some_and(|s| s == "ok");
+                let view_ok = cluster_nodes(node.port()).is_some_and(|view| {
+                    view.len() == 6
+                        && view.iter().all(|n| !n.is_failing())
+                        && view.iter().filter(|n| n.is_master()).count() == 3
+                });
+                let replication = node.cli(&["INFO", "replication"]);
+                let synced = replication.is_some_and(|info| {
+                    info_field(&info, "role").as_deref() == Some("master")
+                        || info_field(&info, "master_link_status").as_deref() == Some("up")
+                });
+                state_ok && view_ok && synced
+            });
+            if healthy {
+                return;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "the cluster did not become healthy within {limit:?}: {:?}",
+                cluster_nodes(self.nodes[0].port())
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Asks the replica on `replica` for a coordinated manual failover
+    /// (`CLUSTER FAILOVER`: the master pauses writes until the replica has
+    /// caught up, then the replica takes over) of the shard serving `slot`,
+    /// and waits until every node agrees. A manual failover that does not
+    /// complete (Redis gives up after 5 s, e.g. on a starved machine) is asked
+    /// for again, up to 3 times. Returns when the last request was accepted
+    /// and when the promotion was agreed.
+    pub fn manual_failover(&self, slot: u16, replica: u16, limit: Duration) -> (Instant, Instant) {
+        let ports = self.ports();
+        for _ in 0..3 {
+            let asked = Instant::now();
+            let reply = cli(replica, &["CLUSTER", "FAILOVER"]);
+            assert_eq!(
+                reply.as_deref().map(str::trim),
+                Some("OK"),
+                "CLUSTER FAILOVER refused on port {replica}"
+            );
+            if let Some(promoted) = self.try_wait_master(&ports, slot, replica, limit / 3) {
+                return (asked, promoted);
+            }
+        }
+        panic!(
+            "CLUSTER FAILOVER on port {replica} did not complete in 3 tries within {limit:?}: {:?}",
+            cluster_nodes(replica)
+        );
+    }
+
+    /// Ports of every node.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(RedisServer::port).collect()
+    }
+}
