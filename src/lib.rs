@@ -57,6 +57,8 @@
 //!   tower-sessions stores under ours.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+// docs.rs builds with `--cfg docsrs`: feature-gated items get a badge there.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod commit;
 mod config;
@@ -84,8 +86,10 @@ pub use crate::store::{
     SessionStore, SessionSummary, StoreError, Trackable, TrackedSave, UserChange, Version,
 };
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use crate::store::{InvalidIdentifier, PostgresCleanup, PostgresStore};
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use crate::store::{RedisChannel, RedisStore};
 pub use ::cookie::SameSite;
 

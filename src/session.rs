@@ -227,6 +227,31 @@ impl Session {
         Ok(())
     }
 
+    /// Reads `key` as a `T` and removes it: a value meant to be seen once,
+    /// such as a flash message shown after a redirect.
+    ///
+    /// # Errors
+    /// [`Error::Decode`] when the stored value does not decode as `T`; the value
+    /// is then left in place.
+    ///
+    /// # Examples
+    /// ```
+    /// use unstuck::Session;
+    ///
+    /// async fn page(session: Session) -> Result<String, unstuck::Error> {
+    ///     let notice: Option<String> = session.take("flash")?;
+    ///     Ok(notice.unwrap_or_default())
+    /// }
+    /// # let _ = page;
+    /// ```
+    pub fn take<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        let value = self.get(key)?;
+        if value.is_some() {
+            self.remove(key);
+        }
+        Ok(value)
+    }
+
     /// True when the request changed the session in a way that will be
     /// written: a key set to a new value or removed, a user change, a cycled
     /// ID, or a destroyed session. (An idle refresh alone does not count.)

@@ -1,10 +1,7 @@
 //! Instants as stores write them: whole milliseconds since the Unix epoch.
 // Each store uses the conversions it needs; builds with only some stores
 // leave the others unused.
-#![cfg_attr(
-    not(all(feature = "redis", feature = "postgres")),
-    allow(dead_code)
-)]
+#![cfg_attr(not(all(feature = "redis", feature = "postgres")), allow(dead_code))]
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

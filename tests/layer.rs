@@ -334,10 +334,7 @@ fn configuration_problems_are_typed_errors_found_by_validate() {
     let base = || SessionLayer::new(MemoryStore::new());
     assert_eq!(base().with_keys([]).validate(), Err(ConfigError::NoKeys));
     assert!(matches!(
-        base()
-            .with_name("__Host-id")
-            .with_path("/app")
-            .validate(),
+        base().with_name("__Host-id").with_path("/app").validate(),
         Err(ConfigError::Cookie(_))
     ));
     assert!(matches!(
@@ -374,5 +371,36 @@ async fn the_refresh_interval_does_not_depend_on_the_order_of_settings() {
         store.writes(),
         writes + 1,
         "a zero interval refreshes on every read that gains time"
+    );
+}
+
+#[tokio::test]
+async fn take_reads_a_value_once() {
+    async fn set_flash(session: Session) -> Result<&'static str, unstuck::Error> {
+        session.insert("flash", "saved!")?;
+        Ok("ok")
+    }
+    async fn show_flash(session: Session) -> Result<String, unstuck::Error> {
+        let modified_before = session.is_modified();
+        let flash: Option<String> = session.take("flash")?;
+        Ok(format!(
+            "{}|{modified_before}|{}",
+            flash.unwrap_or_default(),
+            session.is_modified()
+        ))
+    }
+    let app = Router::new()
+        .route("/set", get(set_flash))
+        .route("/show", get(show_flash))
+        .layer(SessionLayer::new(MemoryStore::new()).with_keys([Key::generate()]));
+    let created = call(&app, "/set", None).await;
+    let cookie = pair(&created.set_cookie.expect("new session cookie"));
+    assert_eq!(
+        call(&app, "/show", Some(&cookie)).await.body,
+        "saved!|false|true"
+    );
+    assert_eq!(
+        call(&app, "/show", Some(&cookie)).await.body,
+        "|false|false"
     );
 }

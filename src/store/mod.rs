@@ -11,6 +11,10 @@ mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(any(feature = "tower-sessions", feature = "tower-sessions-014"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "tower-sessions", feature = "tower-sessions-014")))
+)]
 pub mod tower_sessions;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -23,8 +27,10 @@ use async_trait::async_trait;
 pub use self::memory::MemoryStore;
 pub use self::near_cache::{Invalidations, NearCache, NearCacheStats, Trackable, TrackedSave};
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use self::postgres::{DEFAULT_TABLE, InvalidIdentifier, PostgresCleanup, PostgresStore};
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{RedisChannel, RedisStore};
 use crate::error::ConfigError;
 use crate::id::StorageKey;

@@ -95,6 +95,7 @@ const MIGRATION_LOCK_CLASS: i32 = 0x756e_7374;
 /// # Ok(())
 /// # }
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,

@@ -135,6 +135,7 @@ macro_rules! bounded_pool {
 /// ```
 ///
 /// [deadpool-redis]: https://docs.rs/deadpool-redis
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 #[derive(Clone)]
 pub struct RedisStore {
     connections: Arc<Connections>,
