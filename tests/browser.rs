@@ -54,6 +54,65 @@ async fn reload(browser: &Client) -> (Option<String>, String, Option<u64>) {
     (user, instance, visits)
 }
 
+/// A plain HTTP client that logs in through the forms (a second user beside
+/// the browsers), keeping its cookie and form token.
+struct FormClient {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl FormClient {
+    async fn log_in(base: &str, user: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(PATIENCE)
+            .build()
+            .unwrap();
+        let mut client = Self {
+            http,
+            base: base.to_owned(),
+            token: String::new(),
+        };
+        client.token = client.page_token().await;
+        let answer = client.post("/login", &[("user", user)]).await;
+        assert!(answer.is_redirection(), "{user} could not log in: {answer}");
+        client.token = client.page_token().await;
+        client
+    }
+
+    /// The form token on the start page.
+    async fn page_token(&self) -> String {
+        let page = self
+            .http
+            .get(format!("{}/", self.base))
+            .send()
+            .await
+            .expect("GET /")
+            .text()
+            .await
+            .expect("page");
+        let (_, rest) = page
+            .split_once("name=\"csrf\" value=\"")
+            .expect("a form token on the page");
+        rest.split('"').next().unwrap().to_owned()
+    }
+
+    /// Posts a form with the token; the answer's status.
+    async fn post(&self, path: &str, fields: &[(&str, &str)]) -> reqwest::StatusCode {
+        let mut form: Vec<(&str, &str)> = fields.to_vec();
+        form.push(("csrf", &self.token));
+        self.http
+            .post(format!("{}{path}", self.base))
+            .form(&form)
+            .send()
+            .await
+            .expect("POST")
+            .status()
+    }
+}
+
 /// Submits the form `css` (its submit button) and waits until `then` appears.
 async fn submit(browser: &Client, css: &str, then: &str) {
     element(browser, &format!("{css} button[type=submit]"))
@@ -208,6 +267,41 @@ async fn ending_one_listed_session_ends_only_that_one() {
             .expect("data-key")
             .expect("the current session's key");
 
+        laptop.refresh().await.expect("reload");
+        assert_eq!(count(laptop, "#sessions li").await, 3);
+
+        // Another user who learned the full key of one of erin's sessions
+        // cannot end it: only a session of the same user is ended.
+        let tablet_key = element(tablet, "#sessions li.current")
+            .await
+            .attr("data-key")
+            .await
+            .expect("data-key")
+            .expect("the current session's key");
+        let tablet_full_key = element(
+            laptop,
+            &format!("#sessions li[data-key='{tablet_key}'] input[name=key]"),
+        )
+        .await
+        .attr("value")
+        .await
+        .expect("value")
+        .expect("the tablet's full key");
+        let mallory = FormClient::log_in(&base, "mallory").await;
+        let answer = mallory
+            .post("/sessions/end", &[("key", &tablet_full_key)])
+            .await;
+        // Accepted (the token was right), and ignored.
+        assert!(
+            answer.is_redirection(),
+            "mallory's form was refused: {answer}"
+        );
+        let (tablet_user, _, _) = reload(tablet).await;
+        assert_eq!(
+            tablet_user.as_deref(),
+            Some("erin"),
+            "another user ended erin's session"
+        );
         laptop.refresh().await.expect("reload");
         assert_eq!(count(laptop, "#sessions li").await, 3);
         let end = format!("#sessions li[data-key='{phone_key}'] .end-session button");
