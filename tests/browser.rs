@@ -2,7 +2,11 @@
 //! headless Chromium: what a user sees when sessions live in a shared store.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (scripts/test installs
-//! them); without them these tests fail with an install hint.
+//! them); without them these tests fail with an install hint. They start the
+//! example binaries: after changing an example, a targeted run
+//! (`cargo test --all-features --test browser`) needs
+//! `cargo build --all-features --examples` first. The screenshot of the
+//! logged-in page goes to `target/browser-tests/logged-in.png`.
 
 mod common;
 
