@@ -1,61 +1,53 @@
-//! Login, logout and "log out everywhere" on the memory store.
+//! A small server-rendered login app: log in with any user name, see which
+//! instance served the page, the session's contents and age, and every session
+//! of the user, with "end this session", "log out" and "log out of all devices".
+//! Forms are CSRF-safe (`SameSite=Lax` plus a per-session token on every POST).
 //!
 //! ```sh
-//! cargo run --example login
-//! curl -c jar -b jar -X POST http://127.0.0.1:3000/login -d alice
-//! curl -c jar -b jar http://127.0.0.1:3000/           # hello, alice (1 session)
-//! curl -c jar -b jar -X POST http://127.0.0.1:3000/logout-everywhere
+//! UNSTUCK_COOKIE_SECURE=0 cargo run --example login   # then open http://127.0.0.1:3000/
 //! ```
+//!
+//! It takes the demo's variables (see `examples/demo.rs`): `UNSTUCK_LISTEN`,
+//! `UNSTUCK_STORE` (`memory`, `redis://…`, `redis+sentinel://…/MASTER`,
+//! `redis+cluster://…`, `postgres://…`; build with `--features redis` or
+//! `--features postgres`), `UNSTUCK_INSTANCE`, `UNSTUCK_SECRET`,
+//! `UNSTUCK_COOKIE_SECURE`, `UNSTUCK_NEAR_CACHE`, `UNSTUCK_IDLE_SECS`,
+//! `UNSTUCK_ABSOLUTE_SECS`. Run several against one Redis or PostgreSQL with the
+//! same `UNSTUCK_SECRET` behind any balancer (or use `examples/cluster.rs`).
+//!
+//! Once listening it prints `listening on ADDR` on stdout.
 
-use axum::Router;
-use axum::http::StatusCode;
-use axum::routing::{get, post};
-use unstuck::{MemoryStore, Session, SessionLayer};
+#[path = "common/mod.rs"]
+mod common;
 
-async fn home(session: Session) -> Result<String, unstuck::Error> {
-    Ok(match session.user() {
-        Some(user) => {
-            let devices = session.user_sessions().await?.len();
-            format!("hello, {user} ({devices} session(s))\n")
-        }
-        None => "hello, stranger\n".to_owned(),
-    })
-}
+use common::settings::{Settings, open_store};
 
-async fn login(session: Session, user: String) -> (StatusCode, &'static str) {
-    let user = user.trim().to_owned();
-    if user.is_empty() {
-        return (StatusCode::BAD_REQUEST, "send the user name as the body\n");
-    }
-    // A new ID whenever privileges change: a session ID an attacker planted
-    // before login is worthless after it.
-    session.cycle_id();
-    session.set_user(user);
-    (StatusCode::OK, "logged in\n")
-}
-
-async fn logout(session: Session) -> &'static str {
-    session.destroy();
-    "logged out\n"
-}
-
-async fn logout_everywhere(session: Session) -> Result<String, unstuck::Error> {
-    let ended = session.destroy_user_sessions().await?;
-    Ok(format!("ended {ended} session(s)\n"))
+async fn run() -> Result<(), String> {
+    let settings = Settings::from_env()?;
+    settings.warn_about_dev_secret();
+    let (store, _keepalive) = open_store(&settings.store, settings.near_cache).await?;
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let instance = settings
+        .instance
+        .clone()
+        .unwrap_or_else(|| address.to_string());
+    let app = common::login_app::router(&instance, settings.layer(store));
+    println!("listening on {address}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| format!("server failed: {e}"))
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // Plain HTTP for curl; keep the default (Secure) in production.
-    let sessions = SessionLayer::new(MemoryStore::new()).with_secure(false);
-    let app = Router::new()
-        .route("/", get(home))
-        .route("/login", post(login))
-        .route("/logout", post(logout))
-        .route("/logout-everywhere", post(logout_everywhere))
-        .layer(sessions);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-    println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app).await?;
-    Ok(())
+async fn main() {
+    if let Err(problem) = run().await {
+        eprintln!("login: {problem}");
+        std::process::exit(2);
+    }
 }

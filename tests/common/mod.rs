@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod app;
+pub mod browser;
 pub mod conformance;
 pub mod demo;
 pub mod demo_contract;

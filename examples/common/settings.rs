@@ -1,0 +1,189 @@
+//! The `UNSTUCK_*` settings the login and cluster examples share with the demo
+//! (`examples/demo.rs` documents them), and how a store URL becomes a store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use unstuck::{Key, MemoryStore, SessionLayer, SessionStore};
+
+const DEV_SECRET: &str = "unstuck demo secret: never use this one in production";
+
+/// Settings read from the environment.
+pub struct Settings {
+    vars: HashMap<String, String>,
+    pub listen: String,
+    pub store: String,
+    pub instance: Option<String>,
+    pub idle: Duration,
+    pub absolute: Duration,
+    pub keys: Vec<Key>,
+    pub dev_secret: bool,
+    pub secure: bool,
+    pub near_cache: bool,
+}
+
+impl Settings {
+    /// Reads the settings; the message names the variable that is wrong.
+    pub fn from_env() -> Result<Self, String> {
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        let mut settings = Self {
+            vars,
+            listen: String::new(),
+            store: String::new(),
+            instance: None,
+            idle: Duration::ZERO,
+            absolute: Duration::ZERO,
+            keys: Vec::new(),
+            dev_secret: false,
+            secure: true,
+            near_cache: false,
+        };
+        settings.listen = settings
+            .var("UNSTUCK_LISTEN")
+            .unwrap_or_else(|| "127.0.0.1:3000".to_owned());
+        settings.store = settings
+            .var("UNSTUCK_STORE")
+            .unwrap_or_else(|| "memory".to_owned());
+        settings.instance = settings.var("UNSTUCK_INSTANCE");
+        settings.idle = settings.secs("UNSTUCK_IDLE_SECS", 1800)?;
+        settings.absolute = settings.secs("UNSTUCK_ABSOLUTE_SECS", 28800)?;
+        settings.secure = settings.flag("UNSTUCK_COOKIE_SECURE", true)?;
+        settings.near_cache = settings.flag("UNSTUCK_NEAR_CACHE", false)?;
+        let (secrets, dev_secret) = match settings.var("UNSTUCK_SECRET") {
+            Some(list) => (list.split(',').map(str::to_owned).collect(), false),
+            None => (vec![DEV_SECRET.to_owned()], true),
+        };
+        settings.dev_secret = dev_secret;
+        settings.keys = secrets
+            .iter()
+            .enumerate()
+            .map(|(i, secret)| {
+                Key::derive_from(secret.as_bytes())
+                    .map_err(|e| format!("UNSTUCK_SECRET entry {}: {e}", i + 1))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(settings)
+    }
+
+    /// A variable's trimmed value; empty counts as unset.
+    pub fn var(&self, name: &str) -> Option<String> {
+        self.vars
+            .get(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn secs(&self, name: &str, default: u64) -> Result<Duration, String> {
+        match self.var(name) {
+            None => Ok(Duration::from_secs(default)),
+            Some(text) => match text.parse::<u64>() {
+                Ok(0) | Err(_) => Err(format!(
+                    "{name} must be a positive whole number of seconds, got {text:?}"
+                )),
+                Ok(n) => Ok(Duration::from_secs(n)),
+            },
+        }
+    }
+
+    /// A `0`/`1` variable.
+    pub fn flag(&self, name: &str, default: bool) -> Result<bool, String> {
+        match self.var(name).as_deref() {
+            None => Ok(default),
+            Some("1" | "true" | "yes") => Ok(true),
+            Some("0" | "false" | "no") => Ok(false),
+            Some(other) => Err(format!("{name} must be 0 or 1, got {other:?}")),
+        }
+    }
+
+    /// Warns when cookies are signed with the public dev secret.
+    pub fn warn_about_dev_secret(&self) {
+        if self.dev_secret {
+            eprintln!(
+                "warning: UNSTUCK_SECRET is not set: signing cookies with the public dev secret"
+            );
+        }
+    }
+
+    /// A session layer on `store` with these settings.
+    pub fn layer(&self, store: Arc<dyn SessionStore>) -> SessionLayer {
+        SessionLayer::from_arc(store)
+            .with_keys(self.keys.clone())
+            .with_secure(self.secure)
+            .with_idle_timeout(self.idle)
+            .with_absolute_timeout(self.absolute)
+    }
+}
+
+/// Background work a store needs while the server runs (dropping it stops it).
+pub type Keepalive = Option<Box<dyn std::any::Any + Send>>;
+
+/// Opens the store a `UNSTUCK_STORE` URL names.
+pub async fn open_store(
+    url: &str,
+    near_cache: bool,
+) -> Result<(Arc<dyn SessionStore>, Keepalive), String> {
+    let scheme = url.split("://").next().unwrap_or_default();
+    if near_cache && !scheme.starts_with("redis") {
+        return Err(
+            "UNSTUCK_NEAR_CACHE=1 works with Redis stores (redis:// or redis+sentinel://)"
+                .to_owned(),
+        );
+    }
+    match scheme {
+        "memory" => Ok((Arc::new(MemoryStore::new()), None)),
+        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => {
+            Ok((redis_store(url, near_cache).await?, None))
+        }
+        "postgres" | "postgresql" => postgres_store(url).await,
+        _ => Err(format!(
+            "UNSTUCK_STORE={url:?} is not a store this example knows: use memory, redis://, \
+             redis+sentinel://, redis+cluster:// or postgres://"
+        )),
+    }
+}
+
+#[cfg(feature = "redis")]
+async fn redis_store(url: &str, near_cache: bool) -> Result<Arc<dyn SessionStore>, String> {
+    let store = unstuck::RedisStore::connect(url)
+        .await
+        .map_err(|e| format!("UNSTUCK_STORE: cannot open the Redis store: {e}"))?;
+    if near_cache {
+        let cached =
+            unstuck::NearCache::new(store).map_err(|e| format!("UNSTUCK_NEAR_CACHE: {e}"))?;
+        return Ok(Arc::new(cached));
+    }
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis_store(_url: &str, _near_cache: bool) -> Result<Arc<dyn SessionStore>, String> {
+    Err(
+        "UNSTUCK_STORE is a Redis URL, but this build has no Redis support: \
+         build the example with `--features redis`"
+            .to_owned(),
+    )
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres_store(url: &str) -> Result<(Arc<dyn SessionStore>, Keepalive), String> {
+    let store = unstuck::PostgresStore::connect(url)
+        .await
+        .map_err(|e| format!("UNSTUCK_STORE: cannot open the PostgreSQL store: {e}"))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| format!("UNSTUCK_STORE: cannot create the sessions table: {e}"))?;
+    // Expired rows are invisible at once; this only reclaims their space.
+    let cleanup = store.spawn_cleanup(Duration::from_secs(60), 1000);
+    Ok((Arc::new(store), Some(Box::new(cleanup))))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres_store(_url: &str) -> Result<(Arc<dyn SessionStore>, Keepalive), String> {
+    Err(
+        "UNSTUCK_STORE is a PostgreSQL URL, but this build has no PostgreSQL support: \
+         build the example with `--features postgres`"
+            .to_owned(),
+    )
+}
