@@ -296,6 +296,7 @@ type Keepalive = Option<Box<dyn std::any::Any + Send>>;
 /// How long a write waits for `UNSTUCK_REPLICA_ACKS` replicas: a replica on
 /// the same network confirms in about a millisecond; much longer means it is
 /// gone, and the write should fail fast rather than hold the request.
+#[cfg(feature = "redis")]
 const REPLICA_ACK_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Opens the store `UNSTUCK_STORE` names.
