@@ -83,7 +83,7 @@ impl Cluster {
         }
         let (store, keepalive) = match &self.shared_memory {
             Some(store) => (store.clone(), None),
-            None => open_store(&self.settings.store, self.settings.near_cache).await?,
+            None => open_store(&self.settings).await?,
         };
         let addr = *instance.addr.lock().unwrap();
         let listener = tokio::net::TcpListener::bind(addr)

@@ -22,7 +22,6 @@
 //!
 //! Once listening it prints `listening on ADDR` on stdout.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,9 +33,13 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use unstuck::{Key, MemoryStore, Session, SessionLayer, SessionStore};
+use unstuck::{Session, SessionLayer};
 
-const DEV_SECRET: &str = "unstuck demo secret: never use this one in production";
+// The `UNSTUCK_*` settings and store opening, shared with the login and
+// cluster examples.
+#[path = "common/settings.rs"]
+mod settings;
+use settings::{Settings, open_store};
 
 /// The instance name, echoed in every response so a client behind a load
 /// balancer can see which instance answered.
@@ -214,183 +217,10 @@ fn app(instance: Instance, sessions_layer: SessionLayer) -> Router {
         .with_state(instance)
 }
 
-/// The demo's settings, read from the environment.
-struct Settings {
-    listen: String,
-    store: String,
-    instance: Option<String>,
-    idle: Duration,
-    absolute: Duration,
-    keys: Vec<Key>,
-    dev_secret: bool,
-    secure: bool,
-    near_cache: bool,
-    replica_acks: u32,
-}
-
-impl Settings {
-    fn from_env() -> Result<Self, String> {
-        let vars: HashMap<String, String> = std::env::vars().collect();
-        let var = |name: &str| {
-            vars.get(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        let secs = |name: &str, default: u64| -> Result<Duration, String> {
-            match var(name) {
-                None => Ok(Duration::from_secs(default)),
-                Some(text) => match text.parse::<u64>() {
-                    Ok(0) | Err(_) => Err(format!(
-                        "{name} must be a positive whole number of seconds, got {text:?}"
-                    )),
-                    Ok(n) => Ok(Duration::from_secs(n)),
-                },
-            }
-        };
-        let flag = |name: &str, default: bool| -> Result<bool, String> {
-            match var(name).as_deref() {
-                None => Ok(default),
-                Some("1" | "true" | "yes") => Ok(true),
-                Some("0" | "false" | "no") => Ok(false),
-                Some(other) => Err(format!("{name} must be 0 or 1, got {other:?}")),
-            }
-        };
-        let (secrets, dev_secret) = match var("UNSTUCK_SECRET") {
-            Some(list) => (
-                list.split(',').map(str::to_owned).collect::<Vec<_>>(),
-                false,
-            ),
-            None => (vec![DEV_SECRET.to_owned()], true),
-        };
-        let keys = secrets
-            .iter()
-            .enumerate()
-            .map(|(i, secret)| {
-                Key::derive_from(secret.as_bytes())
-                    .map_err(|e| format!("UNSTUCK_SECRET entry {}: {e}", i + 1))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            listen: var("UNSTUCK_LISTEN").unwrap_or_else(|| "127.0.0.1:3000".to_owned()),
-            store: var("UNSTUCK_STORE").unwrap_or_else(|| "memory".to_owned()),
-            instance: var("UNSTUCK_INSTANCE"),
-            idle: secs("UNSTUCK_IDLE_SECS", 1800)?,
-            absolute: secs("UNSTUCK_ABSOLUTE_SECS", 28800)?,
-            keys,
-            dev_secret,
-            secure: flag("UNSTUCK_COOKIE_SECURE", true)?,
-            near_cache: flag("UNSTUCK_NEAR_CACHE", false)?,
-            replica_acks: match var("UNSTUCK_REPLICA_ACKS") {
-                None => 0,
-                Some(text) => text.parse().map_err(|_| {
-                    format!("UNSTUCK_REPLICA_ACKS must be a whole number of replicas, got {text:?}")
-                })?,
-            },
-        })
-    }
-}
-
-/// Background work a store needs while the server runs (dropping it stops it).
-type Keepalive = Option<Box<dyn std::any::Any + Send>>;
-
-/// How long a write waits for `UNSTUCK_REPLICA_ACKS` replicas: a replica on
-/// the same network confirms in about a millisecond; much longer means it is
-/// gone, and the write should fail fast rather than hold the request.
-#[cfg(feature = "redis")]
-const REPLICA_ACK_TIMEOUT: Duration = Duration::from_millis(200);
-
-/// Opens the store `UNSTUCK_STORE` names.
-async fn open_store(
-    url: &str,
-    near_cache: bool,
-    replica_acks: u32,
-) -> Result<(Arc<dyn SessionStore>, Keepalive), String> {
-    let scheme = url.split("://").next().unwrap_or_default();
-    if near_cache && !scheme.starts_with("redis") {
-        return Err(
-            "UNSTUCK_NEAR_CACHE=1 works with Redis stores (redis:// or redis+sentinel://)"
-                .to_owned(),
-        );
-    }
-    if replica_acks > 0 && !scheme.starts_with("redis") {
-        return Err(format!(
-            "UNSTUCK_REPLICA_ACKS={replica_acks} works with Redis stores only"
-        ));
-    }
-    match scheme {
-        "memory" => Ok((Arc::new(MemoryStore::new()), None)),
-        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => {
-            Ok((redis_store(url, near_cache, replica_acks).await?, None))
-        }
-        "postgres" | "postgresql" => postgres_store(url).await,
-        _ => Err(format!(
-            "UNSTUCK_STORE={url:?} is not a store this demo knows: use memory, redis://, \
-             redis+sentinel://, redis+cluster:// or postgres://"
-        )),
-    }
-}
-
-#[cfg(feature = "redis")]
-async fn redis_store(
-    url: &str,
-    near_cache: bool,
-    replica_acks: u32,
-) -> Result<Arc<dyn SessionStore>, String> {
-    let store = unstuck::RedisStore::connect(url)
-        .await
-        .map_err(|e| format!("UNSTUCK_STORE: cannot open the Redis store: {e}"))?
-        .with_replica_acks(replica_acks, REPLICA_ACK_TIMEOUT);
-    if near_cache {
-        let cached =
-            unstuck::NearCache::new(store).map_err(|e| format!("UNSTUCK_NEAR_CACHE: {e}"))?;
-        return Ok(Arc::new(cached));
-    }
-    Ok(Arc::new(store))
-}
-
-#[cfg(not(feature = "redis"))]
-async fn redis_store(
-    _url: &str,
-    _near_cache: bool,
-    _replica_acks: u32,
-) -> Result<Arc<dyn SessionStore>, String> {
-    Err(
-        "UNSTUCK_STORE is a Redis URL, but this build has no Redis support: \
-         run the demo with `--features redis`"
-            .to_owned(),
-    )
-}
-
-#[cfg(feature = "postgres")]
-async fn postgres_store(url: &str) -> Result<(Arc<dyn SessionStore>, Keepalive), String> {
-    let store = unstuck::PostgresStore::connect(url)
-        .await
-        .map_err(|e| format!("UNSTUCK_STORE: cannot open the PostgreSQL store: {e}"))?;
-    store
-        .migrate()
-        .await
-        .map_err(|e| format!("UNSTUCK_STORE: cannot create the sessions table: {e}"))?;
-    // Expired rows are invisible at once; this only reclaims their space.
-    let cleanup = store.spawn_cleanup(Duration::from_secs(60), 1000);
-    Ok((Arc::new(store), Some(Box::new(cleanup))))
-}
-
-#[cfg(not(feature = "postgres"))]
-async fn postgres_store(_url: &str) -> Result<(Arc<dyn SessionStore>, Keepalive), String> {
-    Err(
-        "UNSTUCK_STORE is a PostgreSQL URL, but this build has no PostgreSQL support: \
-         run the demo with `--features postgres`"
-            .to_owned(),
-    )
-}
-
 async fn run() -> Result<(), String> {
     let settings = Settings::from_env()?;
-    if settings.dev_secret {
-        tracing::warn!("UNSTUCK_SECRET is not set: signing cookies with the public dev secret");
-    }
-    let (store, _keepalive) =
-        open_store(&settings.store, settings.near_cache, settings.replica_acks).await?;
+    settings.warn_about_dev_secret();
+    let (store, _keepalive) = open_store(&settings).await?;
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
@@ -398,15 +228,11 @@ async fn run() -> Result<(), String> {
     let instance = Instance(
         settings
             .instance
+            .clone()
             .unwrap_or_else(|| address.to_string())
             .into(),
     );
-    let layer = SessionLayer::from_arc(store)
-        .with_keys(settings.keys)
-        .with_secure(settings.secure)
-        .with_idle_timeout(settings.idle)
-        .with_absolute_timeout(settings.absolute);
-    let app = app(instance, layer);
+    let app = app(instance, settings.layer(store));
     println!("listening on {address}");
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

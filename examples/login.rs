@@ -25,7 +25,7 @@ use common::settings::{Settings, open_store};
 async fn run() -> Result<(), String> {
     let settings = Settings::from_env()?;
     settings.warn_about_dev_secret();
-    let (store, _keepalive) = open_store(&settings.store, settings.near_cache).await?;
+    let (store, _keepalive) = open_store(&settings).await?;
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;

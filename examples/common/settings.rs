@@ -1,4 +1,4 @@
-//! The `UNSTUCK_*` settings the login and cluster examples share with the demo
+//! The `UNSTUCK_*` settings the demo, login and cluster examples share
 //! (`examples/demo.rs` documents them), and how a store URL becomes a store.
 
 use std::collections::HashMap;
@@ -21,6 +21,7 @@ pub struct Settings {
     pub dev_secret: bool,
     pub secure: bool,
     pub near_cache: bool,
+    pub replica_acks: u32,
 }
 
 impl Settings {
@@ -38,6 +39,7 @@ impl Settings {
             dev_secret: false,
             secure: true,
             near_cache: false,
+            replica_acks: 0,
         };
         settings.listen = settings
             .var("UNSTUCK_LISTEN")
@@ -50,6 +52,12 @@ impl Settings {
         settings.absolute = settings.secs("UNSTUCK_ABSOLUTE_SECS", 28800)?;
         settings.secure = settings.flag("UNSTUCK_COOKIE_SECURE", true)?;
         settings.near_cache = settings.flag("UNSTUCK_NEAR_CACHE", false)?;
+        settings.replica_acks = match settings.var("UNSTUCK_REPLICA_ACKS") {
+            None => 0,
+            Some(text) => text.parse().map_err(|_| {
+                format!("UNSTUCK_REPLICA_ACKS must be a whole number of replicas, got {text:?}")
+            })?,
+        };
         let (secrets, dev_secret) = match settings.var("UNSTUCK_SECRET") {
             Some(list) => (list.split(',').map(str::to_owned).collect(), false),
             None => (vec![DEV_SECRET.to_owned()], true),
@@ -118,11 +126,17 @@ impl Settings {
 /// Background work a store needs while the server runs (dropping it stops it).
 pub type Keepalive = Option<Box<dyn std::any::Any + Send>>;
 
-/// Opens the store a `UNSTUCK_STORE` URL names.
-pub async fn open_store(
-    url: &str,
-    near_cache: bool,
-) -> Result<(Arc<dyn SessionStore>, Keepalive), String> {
+/// How long a write waits for `UNSTUCK_REPLICA_ACKS` replicas: a replica on
+/// the same network confirms in about a millisecond; much longer means it is
+/// gone, and the write should fail fast rather than hold the request.
+#[cfg(feature = "redis")]
+const REPLICA_ACK_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Opens the store `UNSTUCK_STORE` names, with the near cache and replica
+/// acks the settings ask for.
+pub async fn open_store(settings: &Settings) -> Result<(Arc<dyn SessionStore>, Keepalive), String> {
+    let url = settings.store.as_str();
+    let (near_cache, replica_acks) = (settings.near_cache, settings.replica_acks);
     let scheme = url.split("://").next().unwrap_or_default();
     if near_cache && !scheme.starts_with("redis") {
         return Err(
@@ -130,24 +144,34 @@ pub async fn open_store(
                 .to_owned(),
         );
     }
+    if replica_acks > 0 && !scheme.starts_with("redis") {
+        return Err(format!(
+            "UNSTUCK_REPLICA_ACKS={replica_acks} works with Redis stores only"
+        ));
+    }
     match scheme {
         "memory" => Ok((Arc::new(MemoryStore::new()), None)),
         "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => {
-            Ok((redis_store(url, near_cache).await?, None))
+            Ok((redis_store(url, near_cache, replica_acks).await?, None))
         }
         "postgres" | "postgresql" => postgres_store(url).await,
         _ => Err(format!(
-            "UNSTUCK_STORE={url:?} is not a store this example knows: use memory, redis://, \
+            "UNSTUCK_STORE={url:?} is not a store this demo knows: use memory, redis://, \
              redis+sentinel://, redis+cluster:// or postgres://"
         )),
     }
 }
 
 #[cfg(feature = "redis")]
-async fn redis_store(url: &str, near_cache: bool) -> Result<Arc<dyn SessionStore>, String> {
+async fn redis_store(
+    url: &str,
+    near_cache: bool,
+    replica_acks: u32,
+) -> Result<Arc<dyn SessionStore>, String> {
     let store = unstuck::RedisStore::connect(url)
         .await
-        .map_err(|e| format!("UNSTUCK_STORE: cannot open the Redis store: {e}"))?;
+        .map_err(|e| format!("UNSTUCK_STORE: cannot open the Redis store: {e}"))?
+        .with_replica_acks(replica_acks, REPLICA_ACK_TIMEOUT);
     if near_cache {
         let cached =
             unstuck::NearCache::new(store).map_err(|e| format!("UNSTUCK_NEAR_CACHE: {e}"))?;
@@ -157,10 +181,14 @@ async fn redis_store(url: &str, near_cache: bool) -> Result<Arc<dyn SessionStore
 }
 
 #[cfg(not(feature = "redis"))]
-async fn redis_store(_url: &str, _near_cache: bool) -> Result<Arc<dyn SessionStore>, String> {
+async fn redis_store(
+    _url: &str,
+    _near_cache: bool,
+    _replica_acks: u32,
+) -> Result<Arc<dyn SessionStore>, String> {
     Err(
         "UNSTUCK_STORE is a Redis URL, but this build has no Redis support: \
-         build the example with `--features redis`"
+         run the example with `--features redis`"
             .to_owned(),
     )
 }
