@@ -200,8 +200,10 @@ impl SessionLayer {
         self
     }
 
-    /// The longest a store call may take before the request is answered with
-    /// `503` (default 5 seconds).
+    /// The deadline of a request's store work (default 5 seconds): once for
+    /// loading the session, once for saving it with all that involves (a
+    /// delete, both steps of a rotation, replica acks). The stores keep their
+    /// calls within it; running out answers `503`.
     pub fn with_store_timeout(mut self, timeout: Duration) -> Self {
         self.config().store_timeout = timeout;
         self

@@ -63,6 +63,7 @@
 mod commit;
 mod config;
 mod cookie;
+mod deadline;
 mod error;
 mod expiry;
 mod extract;

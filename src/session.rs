@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::commit::{self, Pending, Step, Stored};
 use crate::config::Config;
+use crate::deadline;
 use crate::error::Error;
 use crate::expiry::Expiry;
 use crate::id::{SessionId, StorageKey};
@@ -418,16 +419,23 @@ impl Session {
     /// the `Set-Cookie` value to send, if any. Runs once, after the handler.
     pub(crate) async fn commit(&self) -> Result<Option<HeaderValue>, CommitError> {
         let config = &self.shared.config;
-        let store = &*self.shared.store;
         let Some(pending) = self.take_pending() else {
             return Ok(None);
         };
         let plan = commit::plan(pending, &config.timeouts, SystemTime::now());
+        // One deadline for all of the save's store calls.
+        deadline::within(config.store_timeout, self.execute(plan)).await
+    }
+
+    /// Carries out a plan: the store calls and the cookie to send.
+    async fn execute(&self, plan: commit::Plan) -> Result<Option<HeaderValue>, CommitError> {
+        let config = &self.shared.config;
+        let store = &*self.shared.store;
         let persistent = config.cookie.persistent;
 
         let mut cookie = None;
         if let Some(key) = &plan.delete {
-            bounded(config, store.delete(key)).await?;
+            store.delete(key).await?;
             cookie = Some(config.cookie.removal());
         }
         match plan.step {
@@ -435,7 +443,7 @@ impl Session {
             Step::Create(record) => {
                 for _ in 0..CREATE_ATTEMPTS {
                     let id = SessionId::generate();
-                    if bounded(config, store.create(&id.storage_key(), &record)).await? {
+                    if store.create(&id.storage_key(), &record).await? {
                         return Ok(Some(config.cookie.issue(&id, None, record.expires_at)));
                     }
                 }
@@ -443,11 +451,9 @@ impl Session {
             }
             Step::Rotate(stored, changes) => {
                 let id = SessionId::generate();
-                match bounded(
-                    config,
-                    store.rotate(&stored.key, &id.storage_key(), &changes),
-                )
-                .await?
+                match store
+                    .rotate(&stored.key, &id.storage_key(), &changes)
+                    .await?
                 {
                     // A fresh key: no copy of it is cached anywhere, so its
                     // first load needs no version to compare against.
@@ -458,7 +464,7 @@ impl Session {
                 }
             }
             Step::Save(stored, changes) => {
-                match bounded(config, store.save_versioned(&stored.key, &changes)).await? {
+                match store.save_versioned(&stored.key, &changes).await? {
                     // A store that reports versions may answer later loads
                     // from a copy that lags: the cookie tells it which version
                     // this client must at least see next.
@@ -476,7 +482,7 @@ impl Session {
                 }
             }
             Step::Touch(stored, changes) => {
-                match bounded(config, store.save(&stored.key, &changes)).await? {
+                match store.save(&stored.key, &changes).await? {
                     // Only the expiry moved, so the client needs no newer
                     // version than the one its cookie already carries.
                     SaveOutcome::Applied => Ok(persistent.then(|| {
@@ -519,22 +525,13 @@ fn same_json(held: &str, new: &str) -> bool {
         )
 }
 
-/// Runs a store call under the layer's store timeout; running out counts as the
-/// store being unavailable, so a hung store answers 503 instead of hanging.
+/// Runs one store call as the request's store work, under the layer's store
+/// timeout (see [`deadline`](crate::deadline)).
 pub(crate) async fn bounded<T>(
     config: &Config,
     call: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    match tokio::time::timeout(config.store_timeout, call).await {
-        Ok(result) => result,
-        Err(_) => {
-            tracing::warn!(timeout = ?config.store_timeout, "session store call timed out");
-            Err(StoreError::unavailable(format!(
-                "no answer within {:?}",
-                config.store_timeout
-            )))
-        }
-    }
+    deadline::within(config.store_timeout, call).await
 }
 
 #[cfg(test)]

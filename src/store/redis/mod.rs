@@ -278,10 +278,13 @@ impl RedisStore {
         self
     }
 
-    /// Bounds every store call, from taking a connection to the last reply
-    /// (default 2 s). A call that runs out of time fails with
-    /// [`StoreError::Unavailable`]. [`with_replica_acks`](Self::with_replica_acks)
-    /// adds its own timeout on top for each write that waits.
+    /// Bounds every store call made outside a [`SessionLayer`](crate::SessionLayer),
+    /// from taking a connection to the last reply (default 2 s, widened by the
+    /// replica-ack timeout for each write that waits). Under a layer, the
+    /// layer's store timeout is the one deadline of a request's store work and
+    /// the store keeps to it instead. A call that runs out of time fails with
+    /// [`StoreError::Unavailable`]. Connecting to a node (1 s) and each reply
+    /// (1 s) have timeouts of their own, which detect a dead connection.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -322,10 +325,15 @@ impl RedisStore {
         waits: u32,
         op: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let budget = self.timeout
-            + self
-                .replica_acks
-                .map_or(Duration::ZERO, |acks| acks.timeout * waits);
+        // Under a SessionLayer, the request's deadline is the budget (it
+        // already allows for everything the request's store work involves);
+        // used directly, the store's own timeout, widened per `WAIT`.
+        let budget = crate::deadline::remaining().unwrap_or_else(|| {
+            self.timeout
+                + self
+                    .replica_acks
+                    .map_or(Duration::ZERO, |acks| acks.timeout * waits)
+        });
         match tokio::time::timeout(budget, op).await {
             Ok(result) => result,
             Err(_) => {
