@@ -72,6 +72,9 @@ mod key;
 mod layer;
 mod session;
 pub mod store;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod test_util;
 mod time;
 
 pub use crate::cookie::CookieProtection;
