@@ -23,9 +23,12 @@
 //! - about every second, and whenever a subscription was lost or restored, the
 //!   sentinels are asked for the primary (`SENTINEL MASTER`); the answer with the
 //!   highest configuration epoch wins, so a sentinel that has not heard of a
-//!   switch yet is outvoted, and only an epoch newer than any seen before moves
-//!   the store (the announcements run ahead of the epoch). This bounds the
-//!   window even when every announcement is missed.
+//!   switch yet is outvoted. Only a change of address at an epoch at least as
+//!   new as the last one seen moves the store: a sentinel bumps the epoch when
+//!   the promoted replica answers as primary but changes the address only
+//!   later, at the switch, so `(new epoch, old address)` is a passing state
+//!   that must neither move the store back nor hide the switch that follows.
+//!   This bounds the window even when every announcement is missed.
 //!
 //! On a switch the watcher opens a connection to the new primary itself (after
 //! checking with `ROLE` that it is one: a late announcement of an older switch
@@ -100,7 +103,7 @@ pub(super) fn watch(
         master_name,
         db,
         primary: tokio::sync::Mutex::new(None),
-        epoch: tokio::sync::Mutex::new(None),
+        seen: tokio::sync::Mutex::new(None),
         check_now: Notify::new(),
     });
     let mut tasks = Vec::with_capacity(sentinels.len() + 1);
@@ -149,8 +152,9 @@ struct Shared {
     /// The primary last switched to (or first seen); the lock also keeps
     /// switches from the announcements and the poll from interleaving.
     primary: tokio::sync::Mutex<Option<Addr>>,
-    /// The highest configuration epoch the poll has seen.
-    epoch: tokio::sync::Mutex<Option<u64>>,
+    /// What the poll last saw: the highest configuration epoch and the
+    /// address the sentinels gave with it.
+    seen: tokio::sync::Mutex<Option<(u64, Addr)>>,
     /// Wakes the poll early: after a subscription was lost or restored an
     /// announcement may have been missed.
     check_now: Notify,
@@ -179,28 +183,27 @@ impl Shared {
 
     /// The poll found the primary at `addr` in configuration `epoch`.
     ///
-    /// Only a newer epoch than any seen before can move the store: the
-    /// announcements run ahead of the sentinels' configuration (they move the
-    /// store as soon as the promoted replica is primary, while `SENTINEL
-    /// MASTER` names the old primary until the switch, about a second later),
-    /// and the poll must not move it back.
+    /// Moves the store only when the address changed since the last poll at
+    /// an epoch at least as new (see the module docs): the announcements run
+    /// ahead of the sentinels' configuration, and the poll must not move the
+    /// store back while they catch up.
     async fn observed(&self, addr: Addr, epoch: u64) {
         {
-            let mut seen = self.epoch.lock().await;
-            let first = seen.is_none();
-            if seen.is_some_and(|seen| epoch <= seen) {
-                return;
-            }
-            *seen = Some(epoch);
-            let mut primary = self.primary.lock().await;
-            match &*primary {
-                None if first => {
-                    // The first look: the pool found the primary on its own.
-                    *primary = Some(addr);
+            let mut seen = self.seen.lock().await;
+            match poll_verdict(seen.as_ref(), epoch, &addr) {
+                Verdict::Stale => return,
+                Verdict::Same => {
+                    if seen.is_none() {
+                        // The first look: the pool found the primary on its own.
+                        self.primary
+                            .lock()
+                            .await
+                            .get_or_insert_with(|| addr.clone());
+                    }
+                    *seen = Some((epoch, addr));
                     return;
                 }
-                Some(known) if *known == addr => return,
-                _ => {}
+                Verdict::Moved => *seen = Some((epoch, addr.clone())),
             }
         }
         self.switch_to(addr, "periodic check", None).await;
@@ -267,6 +270,26 @@ impl Shared {
         tokio::time::timeout(wait, poll)
             .await
             .map_err(|_| WatchError::NotPrimary(format!("not promoted within {wait:?}")))
+    }
+}
+
+/// What one poll's answer means, given what the poll saw before.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// An older configuration than already seen: ignore it.
+    Stale,
+    /// Nothing moved (or this is the first look): remember it.
+    Same,
+    /// The primary moved at an epoch at least as new: follow it.
+    Moved,
+}
+
+fn poll_verdict(seen: Option<&(u64, Addr)>, epoch: u64, addr: &Addr) -> Verdict {
+    match seen {
+        None => Verdict::Same,
+        Some((last_epoch, _)) if epoch < *last_epoch => Verdict::Stale,
+        Some((_, last_addr)) if last_addr == addr => Verdict::Same,
+        Some(_) => Verdict::Moved,
     }
 }
 
@@ -393,8 +416,19 @@ async fn poll_sentinels(shared: Arc<Shared>, sentinels: Vec<String>) {
                 .map(|(sentinel, conn)| ask(sentinel, conn, &shared.master_name)),
         )
         .await;
-        if let Some((epoch, addr)) = views.into_iter().flatten().max_by_key(|(epoch, _)| *epoch) {
-            shared.observed(addr, epoch).await;
+        let views: Vec<(u64, Addr)> = views.into_iter().flatten().collect();
+        let Some(newest) = views.iter().map(|(epoch, _)| *epoch).max() else {
+            continue;
+        };
+        let mut named = views
+            .into_iter()
+            .filter(|(epoch, _)| *epoch == newest)
+            .map(|(_, addr)| addr);
+        let first = named.next().expect("the newest epoch was seen");
+        // Sentinels at the newest epoch that name different primaries are in
+        // the middle of adopting it: the next poll settles it.
+        if named.all(|addr| addr == first) {
+            shared.observed(first, newest).await;
         }
     }
 }
@@ -460,6 +494,27 @@ async fn ask(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_poll_follows_an_address_change_and_never_goes_back() {
+        let a = Addr {
+            host: "127.0.0.1".into(),
+            port: 1,
+        };
+        let b = Addr {
+            host: "127.0.0.1".into(),
+            port: 2,
+        };
+        assert_eq!(poll_verdict(None, 1, &a), Verdict::Same);
+        assert_eq!(poll_verdict(Some(&(1, a.clone())), 1, &a), Verdict::Same);
+        // A sentinel bumps the epoch when the replica answers as primary and
+        // changes the address later: the passing state moves nothing, and the
+        // switch after it is still followed.
+        assert_eq!(poll_verdict(Some(&(1, a.clone())), 2, &a), Verdict::Same);
+        assert_eq!(poll_verdict(Some(&(2, a.clone())), 2, &b), Verdict::Moved);
+        // A sentinel that has not caught up is outvoted, not followed back.
+        assert_eq!(poll_verdict(Some(&(2, b.clone())), 1, &a), Verdict::Stale);
+    }
 
     #[test]
     fn announcements_name_the_master_and_the_new_primary() {
