@@ -34,6 +34,10 @@ pub(crate) struct Pending {
     /// The contents of a session that is not stored yet.
     pub data: Data,
     pub user: Option<String>,
+    /// The session has a lifetime of its own (its cookie persists).
+    pub lifetime: bool,
+    /// The timeouts that apply to it: its own, or the layer's.
+    pub timeouts: Timeouts,
 }
 
 /// The store write, at most one, after any delete.
@@ -70,6 +74,7 @@ pub(crate) fn plan(pending: Pending, timeouts: &Timeouts, now: SystemTime) -> Pl
         cycle,
         data,
         user,
+        ..
     } = pending;
     let step = match stored {
         // A session not stored yet is stored only once it holds something.
@@ -141,6 +146,8 @@ mod tests {
             cycle: false,
             data: Data::new(),
             user: None,
+            lifetime: false,
+            timeouts: timeouts(),
         }
     }
 

@@ -148,6 +148,7 @@ impl CookieConfig {
         id: &SessionId,
         version: Option<Version>,
         expires_at: SystemTime,
+        persistent: bool,
     ) -> HeaderValue {
         let mut value = id.to_cookie_value();
         if let Some(version) = version {
@@ -155,7 +156,7 @@ impl CookieConfig {
             value.push_str(&version.get().to_string());
         }
         let mut cookie = self.base(value);
-        if self.persistent {
+        if persistent {
             let remaining = expires_at
                 .duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO);
@@ -246,7 +247,7 @@ mod tests {
     fn issued_cookie_reads_back_with_default_attributes() {
         let config = config(vec![Key::generate()]);
         let id = SessionId::generate();
-        let set = config.issue(&id, None, SystemTime::now());
+        let set = config.issue(&id, None, SystemTime::now(), false);
         let text = set.to_str().unwrap();
         for attribute in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
             assert!(text.contains(attribute), "{text} lacks {attribute}");
@@ -263,7 +264,7 @@ mod tests {
         let mut config = config(vec![Key::generate()]);
         config.protection = CookieProtection::Private;
         let id = SessionId::generate();
-        let set = config.issue(&id, None, SystemTime::now());
+        let set = config.issue(&id, None, SystemTime::now(), false);
         assert!(!set.to_str().unwrap().contains(&id.to_cookie_value()));
         assert_eq!(config.read(&headers(&pair(&set))), Some((id, None)));
     }
@@ -273,13 +274,13 @@ mod tests {
         let old = Key::generate();
         let new = Key::generate();
         let id = SessionId::generate();
-        let issued_before = config(vec![old.clone()]).issue(&id, None, SystemTime::now());
+        let issued_before = config(vec![old.clone()]).issue(&id, None, SystemTime::now(), false);
         let rotated = config(vec![new.clone(), old]);
         assert_eq!(
             rotated.read(&headers(&pair(&issued_before))),
             Some((id.clone(), None))
         );
-        let issued_after = rotated.issue(&id, None, SystemTime::now());
+        let issued_after = rotated.issue(&id, None, SystemTime::now(), false);
         assert_eq!(
             config(vec![new]).read(&headers(&pair(&issued_after))),
             Some((id, None))
@@ -290,14 +291,14 @@ mod tests {
     fn doubtful_cookies_mean_no_session() {
         let config = config(vec![Key::generate()]);
         let id = SessionId::generate();
-        let good = pair(&config.issue(&id, None, SystemTime::now()));
+        let good = pair(&config.issue(&id, None, SystemTime::now(), false));
         let value = good.strip_prefix("id=").unwrap();
         let mut flipped = value.to_owned().into_bytes();
         let last = flipped.len() - 1;
         flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
         let flipped = String::from_utf8(flipped).unwrap();
         let foreign =
-            pair(&self::config(vec![Key::generate()]).issue(&id, None, SystemTime::now()));
+            pair(&self::config(vec![Key::generate()]).issue(&id, None, SystemTime::now(), false));
         let cases = [
             format!("id={}", id.to_cookie_value()),
             format!("id={flipped}"),
@@ -320,7 +321,7 @@ mod tests {
             let mut config = config(vec![Key::generate()]);
             config.protection = protection;
             let id = SessionId::generate();
-            let set = config.issue(&id, Some(Version::new(u64::MAX)), SystemTime::now());
+            let set = config.issue(&id, Some(Version::new(u64::MAX)), SystemTime::now(), false);
             assert_eq!(
                 config.read(&headers(&pair(&set))),
                 Some((id, Some(Version::new(u64::MAX))))
@@ -340,7 +341,7 @@ mod tests {
     #[test]
     fn a_cookie_split_over_two_headers_still_counts_as_duplicated() {
         let config = config(vec![Key::generate()]);
-        let good = pair(&config.issue(&SessionId::generate(), None, SystemTime::now()));
+        let good = pair(&config.issue(&SessionId::generate(), None, SystemTime::now(), false));
         let mut headers = headers(&good);
         headers.append(header::COOKIE, HeaderValue::from_str(&good).unwrap());
         assert_eq!(config.read(&headers), None);
@@ -350,7 +351,7 @@ mod tests {
     fn other_cookies_do_not_disturb_ours() {
         let config = config(vec![Key::generate()]);
         let id = SessionId::generate();
-        let good = pair(&config.issue(&id, None, SystemTime::now()));
+        let good = pair(&config.issue(&id, None, SystemTime::now(), false));
         assert_eq!(
             config.read(&headers(&format!("theme=dark; {good}; lang=en"))),
             Some((id, None))

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::HeaderValue;
 use serde::Serialize;
@@ -14,7 +14,7 @@ use crate::commit::{self, Pending, Step, Stored};
 use crate::config::Config;
 use crate::deadline;
 use crate::error::Error;
-use crate::expiry::Expiry;
+use crate::expiry::{Expiry, Timeouts};
 use crate::id::{SessionId, StorageKey};
 use crate::store::{
     ChangeSet, Data, Record, SaveOutcome, SessionStore, SessionSummary, StoreError, UserChange,
@@ -71,8 +71,36 @@ struct State {
     cycle: bool,
     /// A session this request destroyed, to delete when saving.
     ended: Option<StorageKey>,
+    /// This session's own lifetime, if it has one ("remember me").
+    lifetime: Option<Lifetime>,
     /// Set once the layer has saved the request's changes.
     committed: bool,
+}
+
+/// The data key under which a session keeps its own lifetime. Handlers never
+/// see it: it is taken out of the data when the session loads.
+const LIFETIME_KEY: &str = "__unstuck.lifetime";
+
+/// A session's own idle and absolute timeouts, set by
+/// [`Session::set_lifetime`], kept with the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Lifetime {
+    idle_secs: u64,
+    absolute_secs: u64,
+}
+
+impl Lifetime {
+    /// The timeouts that apply to a session with this lifetime (or the
+    /// layer's, without one).
+    fn timeouts(lifetime: Option<Self>, layer: &Timeouts) -> Timeouts {
+        match lifetime {
+            None => *layer,
+            Some(own) => Timeouts::new(
+                Duration::from_secs(own.idle_secs),
+                Duration::from_secs(own.absolute_secs),
+            ),
+        }
+    }
 }
 
 impl State {
@@ -84,11 +112,16 @@ impl State {
             changes: ChangeSet::new(SystemTime::UNIX_EPOCH),
             cycle: false,
             ended: None,
+            lifetime: None,
             committed: false,
         }
     }
 
-    fn loaded(id: SessionId, key: StorageKey, seen: Option<Version>, record: Record) -> Self {
+    fn loaded(id: SessionId, key: StorageKey, seen: Option<Version>, mut record: Record) -> Self {
+        let lifetime = record
+            .data
+            .remove(LIFETIME_KEY)
+            .and_then(|json| serde_json::from_str(&json).ok());
         Self {
             stored: Some(Stored {
                 id,
@@ -99,6 +132,7 @@ impl State {
             }),
             data: record.data,
             user: record.user,
+            lifetime,
             ..Self::new()
         }
     }
@@ -112,6 +146,11 @@ impl State {
         self.user = None;
         self.changes = ChangeSet::new(SystemTime::UNIX_EPOCH);
         self.cycle = false;
+        self.lifetime = None;
+    }
+
+    fn timeouts(&self, layer: &Timeouts) -> Timeouts {
+        Lifetime::timeouts(self.lifetime, layer)
     }
 }
 
@@ -175,11 +214,16 @@ impl Session {
         .await?;
         let now = SystemTime::now();
         let state = match record {
-            Some(record)
-                if record.expires_at > now
-                    && config.timeouts.absolute_deadline(record.created_at) > now =>
-            {
-                State::loaded(id, key, seen, record)
+            Some(record) if record.expires_at > now => {
+                let state = State::loaded(id, key, seen, record);
+                let created_at = state.stored.as_ref().map(|s| s.created_at);
+                let deadline = created_at
+                    .map(|created| state.timeouts(&config.timeouts).absolute_deadline(created));
+                if deadline.is_some_and(|deadline| deadline > now) {
+                    state
+                } else {
+                    State::new()
+                }
             }
             _ => State::new(),
         };
@@ -259,6 +303,50 @@ impl Session {
     pub fn is_modified(&self) -> bool {
         let state = self.state();
         !state.changes.is_touch_only() || state.cycle || state.ended.is_some()
+    }
+
+    /// Gives this session a lifetime of its own ("remember me"): it expires
+    /// after `idle` without use, and at the latest `absolute` after it was
+    /// created, instead of after the layer's timeouts; and its cookie persists
+    /// across browser restarts (`Max-Age`). The lifetime is kept with the
+    /// session, so every instance applies it. Pair it with
+    /// [`cycle_id`](Self::cycle_id) at login.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use unstuck::Session;
+    ///
+    /// async fn login(session: Session) -> &'static str {
+    ///     session.cycle_id();
+    ///     session.set_user("alice");
+    ///     let month = Duration::from_secs(30 * 24 * 3600);
+    ///     session.set_lifetime(month, month);
+    ///     "welcome back, for a month"
+    /// }
+    /// # let _ = login;
+    /// ```
+    pub fn set_lifetime(&self, idle: Duration, absolute: Duration) {
+        let lifetime = Lifetime {
+            idle_secs: idle.as_secs().max(1),
+            absolute_secs: absolute.as_secs().max(1),
+        };
+        let mut state = self.state();
+        if state.lifetime == Some(lifetime) {
+            return;
+        }
+        let json = serde_json::to_string(&lifetime).expect("two numbers serialize");
+        state.changes.insert(LIFETIME_KEY, json);
+        state.lifetime = Some(lifetime);
+    }
+
+    /// Puts the session back on the layer's timeouts and cookie (undoes
+    /// [`set_lifetime`](Self::set_lifetime)).
+    pub fn reset_lifetime(&self) {
+        let mut state = self.state();
+        if state.lifetime.take().is_some() {
+            state.changes.remove(LIFETIME_KEY);
+        }
     }
 
     /// Removes `key`; returns whether it was present.
@@ -348,10 +436,8 @@ impl Session {
         Some(Expiry {
             created_at: stored.created_at,
             expires_at: stored.expires_at,
-            absolute_deadline: self
-                .shared
-                .config
-                .timeouts
+            absolute_deadline: state
+                .timeouts(&self.shared.config.timeouts)
                 .absolute_deadline(stored.created_at),
         })
     }
@@ -400,11 +486,17 @@ impl Session {
             return None;
         }
         state.committed = true;
-        let data = if state.stored.is_none() {
+        let mut data = if state.stored.is_none() {
             std::mem::take(&mut state.data)
         } else {
             Data::new()
         };
+        if state.stored.is_none()
+            && let Some(lifetime) = state.lifetime
+        {
+            let json = serde_json::to_string(&lifetime).expect("two numbers serialize");
+            data.insert(LIFETIME_KEY.to_owned(), json);
+        }
         Some(Pending {
             stored: state.stored.clone(),
             ended: state.ended.take(),
@@ -412,6 +504,8 @@ impl Session {
             cycle: state.cycle,
             data,
             user: state.user.clone(),
+            lifetime: state.lifetime.is_some(),
+            timeouts: state.timeouts(&self.shared.config.timeouts),
         })
     }
 
@@ -422,16 +516,27 @@ impl Session {
         let Some(pending) = self.take_pending() else {
             return Ok(None);
         };
-        let plan = commit::plan(pending, &config.timeouts, SystemTime::now());
+        let remembered = pending.lifetime;
+        let timeouts = pending.timeouts;
+        let plan = commit::plan(pending, &timeouts, SystemTime::now());
         // One deadline for all of the save's store calls.
-        deadline::within(config.store_timeout, self.execute(plan)).await
+        deadline::within(config.store_timeout, self.execute(plan, remembered)).await
     }
 
     /// Carries out a plan: the store calls and the cookie to send.
-    async fn execute(&self, plan: commit::Plan) -> Result<Option<HeaderValue>, CommitError> {
+    async fn execute(
+        &self,
+        plan: commit::Plan,
+        remembered: bool,
+    ) -> Result<Option<HeaderValue>, CommitError> {
         let config = &self.shared.config;
         let store = &*self.shared.store;
-        let persistent = config.cookie.persistent;
+        // A session with a lifetime of its own keeps its cookie across
+        // browser restarts.
+        let persistent = config.cookie.persistent || remembered;
+        let issue = |id: &SessionId, version: Option<Version>, expires_at: SystemTime| {
+            config.cookie.issue(id, version, expires_at, persistent)
+        };
 
         let mut cookie = None;
         if let Some(key) = &plan.delete {
@@ -444,7 +549,7 @@ impl Session {
                 for _ in 0..CREATE_ATTEMPTS {
                     let id = SessionId::generate();
                     if store.create(&id.storage_key(), &record).await? {
-                        return Ok(Some(config.cookie.issue(&id, None, record.expires_at)));
+                        return Ok(Some(issue(&id, None, record.expires_at)));
                     }
                 }
                 Err(StoreError::backend("no free session ID after several attempts").into())
@@ -457,9 +562,7 @@ impl Session {
                 {
                     // A fresh key: no copy of it is cached anywhere, so its
                     // first load needs no version to compare against.
-                    SaveOutcome::Applied => {
-                        Ok(Some(config.cookie.issue(&id, None, changes.expires_at())))
-                    }
+                    SaveOutcome::Applied => Ok(Some(issue(&id, None, changes.expires_at()))),
                     SaveOutcome::Gone => Err(CommitError::Gone),
                 }
             }
@@ -468,16 +571,12 @@ impl Session {
                     // A store that reports versions may answer later loads
                     // from a copy that lags: the cookie tells it which version
                     // this client must at least see next.
-                    (SaveOutcome::Applied, Some(version)) => Ok(Some(config.cookie.issue(
-                        &stored.id,
-                        Some(version),
-                        changes.expires_at(),
-                    ))),
-                    (SaveOutcome::Applied, None) => Ok(persistent.then(|| {
-                        config
-                            .cookie
-                            .issue(&stored.id, stored.seen, changes.expires_at())
-                    })),
+                    (SaveOutcome::Applied, Some(version)) => {
+                        Ok(Some(issue(&stored.id, Some(version), changes.expires_at())))
+                    }
+                    (SaveOutcome::Applied, None) => Ok(
+                        persistent.then(|| issue(&stored.id, stored.seen, changes.expires_at()))
+                    ),
                     (SaveOutcome::Gone, _) => Err(CommitError::Gone),
                 }
             }
@@ -485,11 +584,9 @@ impl Session {
                 match store.save(&stored.key, &changes).await? {
                     // Only the expiry moved, so the client needs no newer
                     // version than the one its cookie already carries.
-                    SaveOutcome::Applied => Ok(persistent.then(|| {
-                        config
-                            .cookie
-                            .issue(&stored.id, stored.seen, changes.expires_at())
-                    })),
+                    SaveOutcome::Applied => Ok(
+                        persistent.then(|| issue(&stored.id, stored.seen, changes.expires_at()))
+                    ),
                     // Only the idle deadline was to move, and the session ended
                     // anyway: nothing the request did is lost.
                     SaveOutcome::Gone => Ok(None),

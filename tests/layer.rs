@@ -404,3 +404,58 @@ async fn take_reads_a_value_once() {
         "|false|false"
     );
 }
+
+#[tokio::test]
+async fn a_remembered_session_outlives_the_layers_timeouts_with_a_persistent_cookie() {
+    async fn remember(session: Session) -> Result<&'static str, unstuck::Error> {
+        session.insert("n", 1)?;
+        session.set_lifetime(Duration::from_secs(3600), Duration::from_secs(7200));
+        Ok("ok")
+    }
+    async fn keys(session: Session) -> String {
+        let mut keys = session.keys();
+        keys.sort();
+        format!("{keys:?}")
+    }
+    let layer = SessionLayer::new(MemoryStore::new())
+        .with_keys([Key::generate()])
+        .with_idle_timeout(Duration::from_secs(1))
+        .with_absolute_timeout(Duration::from_secs(2));
+    let app = Router::new()
+        .route("/remember", get(remember))
+        .route("/write", get(write))
+        .route("/read", get(read))
+        .route("/keys", get(keys))
+        .layer(layer);
+
+    let remembered = call(&app, "/remember", None).await;
+    let set_cookie = remembered.set_cookie.expect("new session cookie");
+    let max_age: u64 = set_cookie
+        .split(';')
+        .find_map(|part| part.trim().strip_prefix("Max-Age="))
+        .expect("a remembered session's cookie persists")
+        .parse()
+        .unwrap();
+    assert!((3590..=3600).contains(&max_age), "{set_cookie}");
+    let remembered = pair(&set_cookie);
+    let ordinary = pair(&call(&app, "/write", None).await.set_cookie.unwrap());
+    assert!(
+        !call(&app, "/write", None)
+            .await
+            .set_cookie
+            .unwrap()
+            .contains("Max-Age"),
+        "other sessions keep the layer's browser-session cookie"
+    );
+
+    // Past the layer's absolute timeout (2 s): the ordinary session is over,
+    // the remembered one lives on.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(call(&app, "/read", Some(&ordinary)).await.body, "none");
+    assert_eq!(call(&app, "/read", Some(&remembered)).await.body, "1");
+    // Its lifetime is the layer's business, not a key the handler sees.
+    assert_eq!(
+        call(&app, "/keys", Some(&remembered)).await.body,
+        r#"["n"]"#
+    );
+}
