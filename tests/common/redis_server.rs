@@ -361,16 +361,21 @@ impl SentinelSetup {
         }
     }
 
+    /// Whether every sentinel names `port` as the primary.
+    fn all_name_primary(&self, port: u16) -> bool {
+        self.sentinels.iter().all(|s| {
+            s.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME])
+                .and_then(|r| r.lines().nth(1)?.trim().parse::<u16>().ok())
+                == Some(port)
+        })
+    }
+
     /// Waits until `port` is the primary for every sentinel and is synced
     /// with a replica, so a further failover (or replica acks) can work.
     pub fn wait_settled(&self, port: u16, limit: Duration) {
         let start = Instant::now();
         loop {
-            let agreed = self.sentinels.iter().all(|s| {
-                s.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME])
-                    .and_then(|r| r.lines().nth(1)?.trim().parse::<u16>().ok())
-                    == Some(port)
-            });
+            let agreed = self.all_name_primary(port);
             let replicated = cli(port, &["INFO", "replication"]).is_some_and(|info| {
                 info_field(&info, "role").as_deref() == Some("master")
                     && info_field(&info, "slave0").is_some_and(|r| r.contains("state=online"))
@@ -391,11 +396,7 @@ impl SentinelSetup {
     /// which can be before the sentinels have all updated their view.
     pub fn wait_named_primary(&self, port: u16, limit: Duration) {
         let start = Instant::now();
-        while !self.sentinels.iter().all(|s| {
-            s.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME])
-                .and_then(|r| r.lines().nth(1)?.trim().parse::<u16>().ok())
-                == Some(port)
-        }) {
+        while !self.all_name_primary(port) {
             assert!(
                 start.elapsed() < limit,
                 "the sentinels did not all name port {port} within {limit:?}"
