@@ -65,8 +65,8 @@ pub(crate) struct Plan {
     pub step: Step,
 }
 
-/// Decides what to write for `pending` at `now`.
-pub(crate) fn plan(pending: Pending, timeouts: &Timeouts, now: SystemTime) -> Plan {
+/// Decides what to write for `pending` at `now`, under the session's timeouts.
+pub(crate) fn plan(pending: Pending, now: SystemTime) -> Plan {
     let Pending {
         stored,
         ended,
@@ -74,6 +74,7 @@ pub(crate) fn plan(pending: Pending, timeouts: &Timeouts, now: SystemTime) -> Pl
         cycle,
         data,
         user,
+        timeouts,
         ..
     } = pending;
     let step = match stored {
@@ -153,7 +154,7 @@ mod tests {
 
     #[test]
     fn an_untouched_new_session_writes_nothing() {
-        let plan = plan(pending(None), &timeouts(), at(1));
+        let plan = plan(pending(None), at(1));
         assert_eq!(plan.step, Step::Nothing);
         assert_eq!(plan.delete, None);
     }
@@ -162,14 +163,14 @@ mod tests {
     fn a_new_session_with_data_or_a_user_is_created_with_an_idle_deadline() {
         let mut p = pending(None);
         p.data.insert("a".into(), "1".into());
-        let Step::Create(record) = plan(p, &timeouts(), at(3)).step else {
+        let Step::Create(record) = plan(p, at(3)).step else {
             panic!("expected a create");
         };
         assert_eq!((record.created_at, record.expires_at), (at(3), at(43)));
 
         let mut p = pending(None);
         p.user = Some("alice".into());
-        assert!(matches!(plan(p, &timeouts(), at(3)).step, Step::Create(_)));
+        assert!(matches!(plan(p, at(3)).step, Step::Create(_)));
     }
 
     #[test]
@@ -177,14 +178,14 @@ mod tests {
         let old = stored().key;
         let mut p = pending(None);
         p.ended = Some(old.clone());
-        let plan_a = plan(p, &timeouts(), at(5));
+        let plan_a = plan(p, at(5));
         assert_eq!(plan_a.delete.as_ref(), Some(&old));
         assert_eq!(plan_a.step, Step::Nothing);
 
         let mut p = pending(None);
         p.ended = Some(old.clone());
         p.data.insert("notice".into(), "\"bye\"".into());
-        let plan_b = plan(p, &timeouts(), at(5));
+        let plan_b = plan(p, at(5));
         assert_eq!(plan_b.delete, Some(old));
         assert!(matches!(plan_b.step, Step::Create(_)));
     }
@@ -193,7 +194,7 @@ mod tests {
     fn changes_are_saved_with_the_slid_deadline() {
         let mut p = pending(Some(stored()));
         p.changes.insert("a", "1");
-        let Step::Save(_, changes) = plan(p, &timeouts(), at(5)).step else {
+        let Step::Save(_, changes) = plan(p, at(5)).step else {
             panic!("expected a save");
         };
         assert_eq!(changes.expires_at(), at(45));
@@ -203,14 +204,14 @@ mod tests {
     fn a_user_change_alone_is_a_save() {
         let mut p = pending(Some(stored()));
         p.changes.set_user(UserChange::Set("bob".into()));
-        assert!(matches!(plan(p, &timeouts(), at(1)).step, Step::Save(..)));
+        assert!(matches!(plan(p, at(1)).step, Step::Save(..)));
     }
 
     #[test]
     fn a_cycled_id_rotates_even_without_changes() {
         let mut p = pending(Some(stored()));
         p.cycle = true;
-        let Step::Rotate(_, changes) = plan(p, &timeouts(), at(2)).step else {
+        let Step::Rotate(_, changes) = plan(p, at(2)).step else {
             panic!("expected a rotation");
         };
         assert_eq!(changes.expires_at(), at(42));
@@ -218,10 +219,9 @@ mod tests {
 
     #[test]
     fn reads_touch_the_session_only_once_the_refresh_interval_is_gained() {
-        let plan_early = plan(pending(Some(stored())), &timeouts(), at(9));
+        let plan_early = plan(pending(Some(stored())), at(9));
         assert_eq!(plan_early.step, Step::Nothing, "gains 9 of 10 minutes");
-        let Step::Touch(_, changes) = plan(pending(Some(stored())), &timeouts(), at(10)).step
-        else {
+        let Step::Touch(_, changes) = plan(pending(Some(stored())), at(10)).step else {
             panic!("expected a touch");
         };
         assert_eq!(changes.expires_at(), at(50));
@@ -234,12 +234,12 @@ mod tests {
         late.expires_at = at(590);
         let mut p = pending(Some(late.clone()));
         p.changes.insert("a", "1");
-        let Step::Save(_, changes) = plan(p, &timeouts(), at(580)).step else {
+        let Step::Save(_, changes) = plan(p, at(580)).step else {
             panic!("expected a save");
         };
         assert_eq!(changes.expires_at(), at(600));
         late.expires_at = at(600);
-        let capped = plan(pending(Some(late)), &timeouts(), at(595));
+        let capped = plan(pending(Some(late)), at(595));
         assert_eq!(capped.step, Step::Nothing, "nothing left to gain");
     }
 }

@@ -90,6 +90,11 @@ struct Lifetime {
 }
 
 impl Lifetime {
+    /// How it is kept in the session's data.
+    fn json(self) -> String {
+        serde_json::to_string(&self).expect("two numbers serialize")
+    }
+
     /// The timeouts that apply to a session with this lifetime (or the
     /// layer's, without one).
     fn timeouts(lifetime: Option<Self>, layer: &Timeouts) -> Timeouts {
@@ -335,8 +340,7 @@ impl Session {
         if state.lifetime == Some(lifetime) {
             return;
         }
-        let json = serde_json::to_string(&lifetime).expect("two numbers serialize");
-        state.changes.insert(LIFETIME_KEY, json);
+        state.changes.insert(LIFETIME_KEY, lifetime.json());
         state.lifetime = Some(lifetime);
     }
 
@@ -494,8 +498,7 @@ impl Session {
         if state.stored.is_none()
             && let Some(lifetime) = state.lifetime
         {
-            let json = serde_json::to_string(&lifetime).expect("two numbers serialize");
-            data.insert(LIFETIME_KEY.to_owned(), json);
+            data.insert(LIFETIME_KEY.to_owned(), lifetime.json());
         }
         Some(Pending {
             stored: state.stored.clone(),
@@ -517,8 +520,7 @@ impl Session {
             return Ok(None);
         };
         let remembered = pending.lifetime;
-        let timeouts = pending.timeouts;
-        let plan = commit::plan(pending, &timeouts, SystemTime::now());
+        let plan = commit::plan(pending, SystemTime::now());
         // One deadline for all of the save's store calls.
         deadline::within(config.store_timeout, self.execute(plan, remembered)).await
     }

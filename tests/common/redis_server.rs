@@ -414,6 +414,50 @@ impl SentinelSetup {
     }
 }
 
+/// Starts `count` cluster-enabled nodes and joins them with `redis-cli
+/// --cluster create` (`replicas` per master), bounded at 60 s.
+fn start_cluster_nodes(
+    count: usize,
+    replicas: u32,
+    role: &str,
+    node_timeout: Duration,
+) -> Vec<RedisServer> {
+    let timeout_ms = node_timeout.as_millis().to_string();
+    let nodes: Vec<RedisServer> = (0..count)
+        .map(|_| {
+            RedisServer::start_with(
+                free_port(),
+                role,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    &timeout_ms,
+                ],
+            )
+        })
+        .collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port()))
+        .collect();
+    let out = Command::new("timeout")
+        .args(["60", "redis-cli", "--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run redis-cli --cluster create");
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    nodes
+}
+
 /// Three cluster primaries holding all 16384 slots.
 pub struct RedisCluster {
     /// The nodes.
@@ -423,38 +467,7 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts the nodes, joins them and waits for `cluster_state:ok` everywhere.
     pub fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| {
-                RedisServer::start_with(
-                    free_port(),
-                    "cluster",
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        "2000",
-                    ],
-                )
-            })
-            .collect();
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port()))
-            .collect();
-        let out = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("cannot run redis-cli --cluster create");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let nodes = start_cluster_nodes(3, 0, "cluster", Duration::from_millis(2000));
         for node in &nodes {
             node.wait_until(Duration::from_secs(20), "report cluster_state:ok", |n| {
                 n.cli(&["CLUSTER", "INFO"])
@@ -572,39 +585,7 @@ impl ReplicatedCluster {
     /// until every node reports `cluster_state:ok`, sees all six nodes
     /// healthy, and every replica is in sync with its master.
     pub fn start(node_timeout: Duration) -> Self {
-        let timeout_ms = node_timeout.as_millis().to_string();
-        let nodes: Vec<RedisServer> = (0..6)
-            .map(|_| {
-                RedisServer::start_with(
-                    free_port(),
-                    "cluster-ha",
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        &timeout_ms,
-                    ],
-                )
-            })
-            .collect();
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port()))
-            .collect();
-        let out = Command::new("timeout")
-            .args(["60", "redis-cli", "--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("cannot run redis-cli --cluster create");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let nodes = start_cluster_nodes(6, 1, "cluster-ha", node_timeout);
         let cluster = Self { nodes };
         cluster.wait_healthy(Duration::from_secs(30));
         cluster
