@@ -106,7 +106,7 @@ async fn sentinel_failover_keeps_replica_acked_sessions_and_service_resumes() {
         .save(key, &ChangeSet::new(now() + Duration::from_secs(600)))
         .await
         .unwrap_err();
-    assert!(matches!(error, StoreError::Backend(_)), "{error:?}");
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
 }
 
 /// The near cache follows a Sentinel failover: after the primary dies, its

@@ -284,9 +284,9 @@ async fn switches_are_followed_when_sentinel_subscriptions_are_killed() {
 }
 
 /// The demo's `UNSTUCK_REPLICA_ACKS`: with as many replicas as asked for,
-/// writes succeed; asking for more than exist makes every write fail (a 500:
-/// the store reports it as a backend error, see `with_replica_acks`) rather
-/// than pretend, while reads still work.
+/// writes succeed; asking for more than exist makes every write fail (a 503:
+/// the store reports missing acks as unavailable, see `with_replica_acks`)
+/// rather than pretend, while reads still work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_replica_acks_make_writes_wait_for_replicas() {
     let _serial = SERIAL.lock().await;
@@ -309,7 +309,7 @@ async fn demo_replica_acks_make_writes_wait_for_replicas() {
     let mut other = client.to(&two.base);
     let reply = other.get("/counter").await;
     assert_eq!(
-        reply.status, 500,
+        reply.status, 503,
         "one replica cannot give two acks: {reply:?}"
     );
     let reply = other.get("/peek").await;

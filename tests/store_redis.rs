@@ -199,7 +199,7 @@ async fn writes_fail_when_too_few_replicas_acknowledge_them() {
         .create(&SessionId::generate().storage_key(), &record)
         .await
         .unwrap_err();
-    assert!(matches!(error, StoreError::Backend(_)), "{error:?}");
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
     assert!(error.to_string().contains("replica"), "{error}");
     assert!(start.elapsed() < Duration::from_secs(1));
 }

@@ -121,7 +121,10 @@ fn check_acks(acks: ReplicaAcks, reply: Option<Value>) -> Result<(), StoreError>
         wanted = acks.replicas,
         "redis session write not acknowledged by enough replicas"
     );
-    Err(StoreError::backend(NotReplicated {
+    // Unavailable, not Backend: too few acks means replicas that are down or
+    // resyncing (a failover does that for ~15 s), a state that passes, so
+    // clients get a 503 that invites a retry rather than a 500.
+    Err(StoreError::unavailable(NotReplicated {
         acked,
         wanted: acks.replicas,
         timeout: acks.timeout,

@@ -295,8 +295,10 @@ impl RedisStore {
     /// failover to one of those replicas.
     ///
     /// A write that does not reach enough replicas within `timeout` fails with
-    /// [`StoreError::Backend`] saying so; it may still have been applied on the
-    /// primary (and be lost if it fails over). Each write costs one replication
+    /// [`StoreError::Unavailable`] saying so (a `503` through the layer: the
+    /// usual cause is a replica that is down or resyncing during a failover,
+    /// which passes); it may still have been applied on the primary (and be
+    /// lost if it fails over). Each write costs one replication
     /// round trip more; with no replica reachable every write fails, which trades
     /// availability for durability: choose `replicas` below the number of
     /// replicas you run. Index updates for "log out everywhere" do not wait.
