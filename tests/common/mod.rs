@@ -5,6 +5,8 @@
 pub mod app;
 pub mod browser;
 pub mod conformance;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub mod containers;
 pub mod demo;
 pub mod demo_contract;
 #[cfg(feature = "redis")]
