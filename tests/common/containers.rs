@@ -135,7 +135,8 @@ pub fn with_dir(
 
 /// A container this process started, and its watchdog.
 pub struct Running {
-    container: Option<Container<GenericImage>>,
+    /// Boxed: testcontainers' handle is large (~900 bytes).
+    container: Option<Box<Container<GenericImage>>>,
     id: String,
 }
 
@@ -158,7 +159,7 @@ impl Running {
         let id = container.id().to_owned();
         spawn_watchdog(&id);
         Self {
-            container: Some(container),
+            container: Some(Box::new(container)),
             id,
         }
     }
