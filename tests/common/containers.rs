@@ -33,10 +33,6 @@ pub const DOCKER_HINT: &str = "install Docker (Debian/Ubuntu: `apt-get install d
      then start it), or run the tests under `scripts/with-docker` (as root: it starts a \
      private engine and builds the images from local binaries)";
 
-/// How long the watchdog keeps a container at most, in half seconds (8 hours):
-/// a bound in case the test process's PID is reused by a long-lived process.
-const WATCHDOG_MAX_POLLS: u32 = 8 * 3600 * 2;
-
 /// Where the test servers come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -46,41 +42,69 @@ pub enum Source {
     Containers,
 }
 
-/// Chooses the source of `what` (e.g. "Redis"): `UNSTUCK_TEST_SERVERS`
-/// (`binaries` or `containers`) when set; else the local binaries when
-/// `binaries_found`; else containers when a Docker engine answers; else a
-/// panic naming both ways to get servers.
+/// Chooses the source of `what` (e.g. "Redis") as [`decide_source`] does,
+/// with `UNSTUCK_TEST_SERVERS` and the Docker engine of this machine.
+///
+/// # Panics
+/// When there is no way to get the servers, saying how to get one.
 pub fn choose_source(
     what: &str,
     binaries_found: impl FnOnce() -> bool,
     install_hint: &str,
 ) -> Source {
-    match std::env::var("UNSTUCK_TEST_SERVERS").as_deref() {
-        Ok("binaries") => Source::Binaries,
-        Ok("containers") => {
-            if let Err(why) = engine_answers() {
-                panic!(
-                    "UNSTUCK_TEST_SERVERS=containers, but no Docker engine answers ({why}): \
-                     {DOCKER_HINT}"
-                );
-            }
-            Source::Containers
-        }
-        Ok("") | Err(std::env::VarError::NotPresent) => {
-            if binaries_found() {
-                Source::Binaries
-            } else {
-                match engine_answers() {
-                    Ok(()) => Source::Containers,
-                    Err(why) => panic!(
-                        "no {what} servers for the tests: {install_hint}; or {DOCKER_HINT} \
-                         (no Docker engine answers: {why})"
-                    ),
-                }
-            }
-        }
-        Ok(other) => panic!("UNSTUCK_TEST_SERVERS={other:?}: expected `binaries` or `containers`"),
+    let forced = match std::env::var("UNSTUCK_TEST_SERVERS") {
+        Ok(value) => Some(value),
+        Err(std::env::VarError::NotPresent) => None,
         Err(e) => panic!("UNSTUCK_TEST_SERVERS: {e}"),
+    };
+    decide_source(
+        forced.as_deref(),
+        what,
+        binaries_found,
+        engine_answers,
+        install_hint,
+    )
+    .unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// Where the servers for `what` come from: `forced` (`binaries` or
+/// `containers`, the value of `UNSTUCK_TEST_SERVERS`) when set; else the local
+/// binaries when `binaries_found`; else containers when `engine` answers.
+///
+/// # Errors
+/// When containers are forced and no engine answers, when neither binaries
+/// nor an engine are there (naming how to get either), or when `forced` is
+/// something else.
+pub fn decide_source(
+    forced: Option<&str>,
+    what: &str,
+    binaries_found: impl FnOnce() -> bool,
+    engine: impl FnOnce() -> Result<(), String>,
+    install_hint: &str,
+) -> Result<Source, String> {
+    match forced {
+        Some("binaries") => Ok(Source::Binaries),
+        Some("containers") => match engine() {
+            Ok(()) => Ok(Source::Containers),
+            Err(why) => Err(format!(
+                "UNSTUCK_TEST_SERVERS=containers, but no Docker engine answers ({why}): \
+                 {DOCKER_HINT}"
+            )),
+        },
+        None | Some("") => {
+            if binaries_found() {
+                return Ok(Source::Binaries);
+            }
+            engine().map(|()| Source::Containers).map_err(|why| {
+                format!(
+                    "no {what} servers for the tests: {install_hint}; or {DOCKER_HINT} \
+                     (no Docker engine answers: {why})"
+                )
+            })
+        }
+        Some(other) => Err(format!(
+            "UNSTUCK_TEST_SERVERS={other:?}: expected `binaries` or `containers`"
+        )),
     }
 }
 
@@ -242,30 +266,11 @@ impl Drop for Running {
     }
 }
 
-/// Removes container `id` once this process has gone, however it ended. The
-/// watchdog runs in the background of a shell that exits at once, so it is not
-/// a child of ours (nothing to wait for) and outlives this process.
+/// Removes container `id` once this process has gone, however it ended.
 fn spawn_watchdog(id: &str) {
-    let script = r#"(
-        i=0
-        while kill -0 "$1" 2>/dev/null && [ "$i" -lt "$2" ]; do
-            sleep 0.5
-            i=$((i + 1))
-        done
-        docker rm -f -v "$3"
-    ) </dev/null >/dev/null 2>&1 &"#;
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .arg("unstuck-container-watchdog")
-        .arg(std::process::id().to_string())
-        .arg(WATCHDOG_MAX_POLLS.to_string())
-        .arg(id)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("could not spawn the container watchdog");
-    assert!(status.success(), "the container watchdog failed to start");
+    super::watchdog::after_exit(
+        "unstuck-container-watchdog",
+        r#"docker rm -f -v "$1""#,
+        &[id.as_ref()],
+    );
 }

@@ -17,3 +17,5 @@ pub mod instrumented;
 pub mod postgres_server;
 #[cfg(feature = "redis")]
 pub mod redis_server;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub mod watchdog;

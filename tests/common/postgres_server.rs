@@ -29,9 +29,6 @@ const PG_BIN_DIRS: &[&str] = &[
 ];
 /// The unprivileged account clusters run as: `initdb` and `pg_ctl` refuse root.
 const PG_USER: &str = "postgres";
-/// How long the watchdog keeps a cluster alive at most, in half seconds (8 hours):
-/// a bound in case the process ID is reused by a long-lived process.
-const WATCHDOG_MAX_POLLS: u32 = 8 * 3600 * 2;
 
 /// What to tell someone who has no PostgreSQL for the tests.
 const INSTALL_HINT: &str = "install PostgreSQL (`apt-get install postgresql`) or set \
@@ -267,45 +264,29 @@ impl PgServer {
     }
 
     /// Stops the cluster and removes its directory once this process has exited,
-    /// however it exits. The watchdog runs in the background of a shell that
-    /// exits at once, so it is not a child of ours (no zombie, nothing to wait
-    /// for) and outlives this process.
+    /// however it exits.
     fn spawn_watchdog(&self) {
         let Runs::Binaries { dir, pg_ctl } = &self.how else {
             return;
         };
-        let script = r#"(
-            i=0
-            while kill -0 "$1" 2>/dev/null && [ "$i" -lt "$2" ]; do
-                sleep 0.5
-                i=$((i + 1))
-            done
-            if [ -f "$4/postmaster.pid" ]; then
-                if [ "$6" = root ]; then
-                    runuser -u postgres -- "$3" stop -D "$4" -m immediate -w -t 30
+        let data = dir.join("data");
+        let user: &std::ffi::OsStr = if is_root() {
+            "root".as_ref()
+        } else {
+            "user".as_ref()
+        };
+        super::watchdog::after_exit(
+            "unstuck-pg-watchdog",
+            r#"if [ -f "$2/postmaster.pid" ]; then
+                if [ "$4" = root ]; then
+                    runuser -u postgres -- "$1" stop -D "$2" -m immediate -w -t 30
                 else
-                    "$3" stop -D "$4" -m immediate -w -t 30
+                    "$1" stop -D "$2" -m immediate -w -t 30
                 fi
             fi
-            rm -rf -- "$5"
-        ) </dev/null >/dev/null 2>&1 &"#;
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .arg("unstuck-pg-watchdog")
-            .arg(std::process::id().to_string())
-            .arg(WATCHDOG_MAX_POLLS.to_string())
-            .arg(pg_ctl)
-            .arg(dir.join("data"))
-            .arg(dir)
-            .arg(if is_root() { "root" } else { "user" })
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("could not spawn the PostgreSQL watchdog");
-        assert!(status.success(), "PostgreSQL watchdog failed to start");
+            rm -rf -- "$3""#,
+            &[pg_ctl.as_ref(), data.as_ref(), dir.as_ref(), user],
+        );
     }
 }
 
