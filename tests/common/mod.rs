@@ -5,6 +5,8 @@
 pub mod app;
 pub mod browser;
 pub mod conformance;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub mod containers;
 pub mod demo;
 pub mod demo_contract;
 #[cfg(feature = "redis")]
@@ -15,3 +17,5 @@ pub mod instrumented;
 pub mod postgres_server;
 #[cfg(feature = "redis")]
 pub mod redis_server;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub mod watchdog;

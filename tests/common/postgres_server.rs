@@ -1,18 +1,25 @@
 //! PostgreSQL for tests: `DATABASE_URL` when set, otherwise throwaway clusters
-//! made with `initdb` and `pg_ctl` on free ports of 127.0.0.1.
+//! on free ports of 127.0.0.1: made with `initdb` and `pg_ctl` when PostgreSQL is
+//! installed, else containers of the `postgres:15` image with host networking
+//! (see [`containers`](super::containers); `UNSTUCK_TEST_SERVERS` forces either).
 //!
 //! Every cluster started here is stopped when its [`PgServer`] is dropped, and a
-//! watchdog shell also stops it (and removes its directory) once the test process
-//! is gone, so clusters held in statics or abandoned by a crash do not outlive
-//! the test run. Only clusters started here are ever stopped.
+//! watchdog shell also stops it (and removes its directory, or its container)
+//! once the test process is gone, so clusters held in statics or abandoned by a
+//! crash do not outlive the test run. Only clusters started here are ever
+//! stopped.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
+use testcontainers::ImageExt;
 use unstuck::{PostgresStore, SessionId};
+
+use super::containers::{self, Running, Source};
 
 /// Where the PostgreSQL server binaries are looked for before `PATH`.
 const PG_BIN_DIRS: &[&str] = &[
@@ -22,17 +29,44 @@ const PG_BIN_DIRS: &[&str] = &[
 ];
 /// The unprivileged account clusters run as: `initdb` and `pg_ctl` refuse root.
 const PG_USER: &str = "postgres";
-/// How long the watchdog keeps a cluster alive at most, in half seconds (8 hours):
-/// a bound in case the process ID is reused by a long-lived process.
-const WATCHDOG_MAX_POLLS: u32 = 8 * 3600 * 2;
+
+/// What to tell someone who has no PostgreSQL for the tests.
+const INSTALL_HINT: &str = "install PostgreSQL (`apt-get install postgresql`) or set \
+     DATABASE_URL to a database the tests may use";
+/// The server settings of every cluster: loopback only, durability off for speed.
+const SETTINGS: &[&str] = &[
+    "listen_addresses=127.0.0.1",
+    "fsync=off",
+    "synchronous_commit=off",
+    "full_page_writes=off",
+    "max_connections=300",
+];
 
 /// A PostgreSQL cluster this process started. Dropping it stops the cluster and
 /// deletes its files.
 #[derive(Debug)]
 pub struct PgServer {
-    dir: PathBuf,
-    pg_ctl: PathBuf,
     port: u16,
+    how: Runs,
+}
+
+/// A cluster of local binaries, or a container.
+#[derive(Debug)]
+enum Runs {
+    Binaries { dir: PathBuf, pg_ctl: PathBuf },
+    Container(Running),
+}
+
+/// Where this process's PostgreSQL servers come from (chosen once).
+fn source() -> Source {
+    static SOURCE: OnceLock<Source> = OnceLock::new();
+    *SOURCE.get_or_init(|| {
+        containers::choose_source(
+            "PostgreSQL",
+            || find_binary("initdb").is_some(),
+            INSTALL_HINT,
+        )
+    })
 }
 
 impl PgServer {
@@ -40,9 +74,67 @@ impl PgServer {
     /// `postgres`, durability off for speed).
     ///
     /// # Panics
-    /// When `initdb` is not installed, or the cluster does not come up.
+    /// When there is no PostgreSQL to start, or the cluster does not come up.
     pub fn start() -> Self {
-        let initdb = find_binary("initdb");
+        match source() {
+            Source::Binaries => Self::start_binaries(),
+            Source::Containers => Self::start_container(),
+        }
+    }
+
+    /// A container of the `postgres` image as user `postgres`, which
+    /// initialises its data directory on first start.
+    fn start_container() -> Self {
+        let port = free_port();
+        let mut cmd = vec!["postgres".to_owned(), "-p".to_owned(), port.to_string()];
+        for setting in SETTINGS {
+            cmd.extend(["-c".to_owned(), (*setting).to_owned()]);
+        }
+        let request = containers::request(containers::POSTGRES_IMAGE, &cmd)
+            .with_user("postgres")
+            .with_env_var("POSTGRES_HOST_AUTH_METHOD", "trust");
+        let server = Self {
+            port,
+            how: Runs::Container(Running::start(request)),
+        };
+        server.wait_ready();
+        server
+    }
+
+    /// Polls `pg_isready` over TCP every 100 ms until the server accepts
+    /// connections (the official image's first start runs a temporary server
+    /// without TCP, then the real one), panicking after 60 s.
+    fn wait_ready(&self) {
+        let Runs::Container(container) = &self.how else {
+            return;
+        };
+        let port = self.port.to_string();
+        let ready = [
+            "pg_isready",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+        ]
+        .map(str::to_owned);
+        let start = Instant::now();
+        while container.exec(&ready).is_none_or(|(code, _)| code != 0) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "PostgreSQL did not accept connections on port {port} within 60 s; \
+                 see `docker logs {}`",
+                container.id()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn start_binaries() -> Self {
+        let initdb = find_binary("initdb").unwrap_or_else(|| {
+            panic!("`initdb` not found in {PG_BIN_DIRS:?} or PATH: {INSTALL_HINT}")
+        });
         let pg_ctl = initdb.with_file_name("pg_ctl");
         assert!(
             pg_ctl.exists(),
@@ -63,15 +155,17 @@ impl PgServer {
             "mkdir",
         );
         let server = Self {
-            dir,
-            pg_ctl,
             port: free_port(),
+            how: Runs::Binaries {
+                dir: dir.clone(),
+                pg_ctl,
+            },
         };
         server.spawn_watchdog();
         run_as_postgres(
             Command::new(&initdb)
                 .arg("-D")
-                .arg(server.data_dir())
+                .arg(dir.join("data"))
                 .args([
                     "-U",
                     "postgres",
@@ -82,7 +176,7 @@ impl PgServer {
                     "--locale=C",
                     "--no-sync",
                 ])
-                .current_dir(&server.dir),
+                .current_dir(&dir),
             "initdb",
         );
         server.start_again();
@@ -92,26 +186,37 @@ impl PgServer {
     /// Starts the cluster after [`stop`](Self::stop); waits until it accepts
     /// connections.
     pub fn start_again(&self) {
-        let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={dir} \
-             -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-             -c max_connections=300",
+        let (dir, pg_ctl) = match &self.how {
+            Runs::Binaries { dir, pg_ctl } => (dir, pg_ctl),
+            Runs::Container(container) => {
+                container.restart();
+                self.wait_ready();
+                return;
+            }
+        };
+        let mut options = format!(
+            "-p {port} -c unix_socket_directories={dir}",
             port = self.port,
-            dir = self.dir.display(),
+            dir = dir.display(),
         );
+        for setting in SETTINGS {
+            options.push_str(" -c ");
+            options.push_str(setting);
+        }
+        let log_file = dir.join("server.log");
         let started = run_as_postgres_status(
-            Command::new(&self.pg_ctl)
+            Command::new(pg_ctl)
                 .arg("start")
                 .arg("-D")
-                .arg(self.data_dir())
+                .arg(dir.join("data"))
                 .arg("-l")
-                .arg(self.log_file())
+                .arg(&log_file)
                 .args(["-w", "-t", "60", "-o"])
                 .arg(options)
-                .current_dir(&self.dir),
+                .current_dir(dir),
         );
         if !started {
-            let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+            let log = std::fs::read_to_string(&log_file).unwrap_or_default();
             panic!(
                 "PostgreSQL did not start on port {}; log:\n{log}",
                 self.port
@@ -127,14 +232,30 @@ impl PgServer {
     }
 
     fn stop_with(&self, mode: &str) {
-        let _ = run_as_postgres_status(
-            Command::new(&self.pg_ctl)
-                .arg("stop")
-                .arg("-D")
-                .arg(self.data_dir())
-                .args(["-m", mode, "-w", "-t", "60"])
-                .current_dir(&self.dir),
-        );
+        match &self.how {
+            Runs::Binaries { dir, pg_ctl } => {
+                let _ = run_as_postgres_status(
+                    Command::new(pg_ctl)
+                        .arg("stop")
+                        .arg("-D")
+                        .arg(dir.join("data"))
+                        .args(["-m", mode, "-w", "-t", "60"])
+                        .current_dir(dir),
+                );
+            }
+            Runs::Container(container) => {
+                // The server is the container's first process: SIGINT is
+                // `-m fast`, SIGQUIT `-m immediate`; it exits, and so does the
+                // container (`docker stop` would send SIGTERM, a smart shutdown
+                // that waits for every client to leave).
+                let signal = if mode == "immediate" { "-QUIT" } else { "-INT" };
+                let kill = ["sh", "-c", &format!("kill {signal} 1")].map(str::to_owned);
+                if container.is_running() {
+                    let _ = container.exec(&kill);
+                    container.wait_stopped(Duration::from_secs(60));
+                }
+            }
+        }
     }
 
     /// A connection URL for the `postgres` database as the superuser.
@@ -142,58 +263,43 @@ impl PgServer {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    fn data_dir(&self) -> PathBuf {
-        self.dir.join("data")
-    }
-
-    fn log_file(&self) -> PathBuf {
-        self.dir.join("server.log")
-    }
-
     /// Stops the cluster and removes its directory once this process has exited,
-    /// however it exits. The watchdog runs in the background of a shell that
-    /// exits at once, so it is not a child of ours (no zombie, nothing to wait
-    /// for) and outlives this process.
+    /// however it exits.
     fn spawn_watchdog(&self) {
-        let script = r#"(
-            i=0
-            while kill -0 "$1" 2>/dev/null && [ "$i" -lt "$2" ]; do
-                sleep 0.5
-                i=$((i + 1))
-            done
-            if [ -f "$4/postmaster.pid" ]; then
-                if [ "$6" = root ]; then
-                    runuser -u postgres -- "$3" stop -D "$4" -m immediate -w -t 30
+        let Runs::Binaries { dir, pg_ctl } = &self.how else {
+            return;
+        };
+        let data = dir.join("data");
+        let user: &std::ffi::OsStr = if is_root() {
+            "root".as_ref()
+        } else {
+            "user".as_ref()
+        };
+        super::watchdog::after_exit(
+            "unstuck-pg-watchdog",
+            r#"if [ -f "$2/postmaster.pid" ]; then
+                if [ "$4" = root ]; then
+                    runuser -u postgres -- "$1" stop -D "$2" -m immediate -w -t 30
                 else
-                    "$3" stop -D "$4" -m immediate -w -t 30
+                    "$1" stop -D "$2" -m immediate -w -t 30
                 fi
             fi
-            rm -rf -- "$5"
-        ) </dev/null >/dev/null 2>&1 &"#;
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .arg("unstuck-pg-watchdog")
-            .arg(std::process::id().to_string())
-            .arg(WATCHDOG_MAX_POLLS.to_string())
-            .arg(&self.pg_ctl)
-            .arg(self.data_dir())
-            .arg(&self.dir)
-            .arg(if is_root() { "root" } else { "user" })
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("could not spawn the PostgreSQL watchdog");
-        assert!(status.success(), "PostgreSQL watchdog failed to start");
+            rm -rf -- "$3""#,
+            &[pg_ctl.as_ref(), data.as_ref(), dir.as_ref(), user],
+        );
     }
 }
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        self.stop_with("immediate");
-        let _ = std::fs::remove_dir_all(&self.dir);
+        match &self.how {
+            Runs::Binaries { dir, .. } => {
+                self.stop_with("immediate");
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            // Removing the container (when `Running` drops) kills the server.
+            Runs::Container(_) => {}
+        }
     }
 }
 
@@ -262,7 +368,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn find_binary(name: &str) -> PathBuf {
+fn find_binary(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     PG_BIN_DIRS
         .iter()
@@ -270,12 +376,6 @@ fn find_binary(name: &str) -> PathBuf {
         .chain(std::env::split_paths(&path))
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{name}` not found (looked in {PG_BIN_DIRS:?} and PATH). Install PostgreSQL \
-                 (`apt-get install postgresql`) or set DATABASE_URL to a database the tests may use."
-            )
-        })
 }
 
 fn as_postgres(command: &mut Command) -> Command {

@@ -1,10 +1,17 @@
 //! Real Redis servers for tests: standalone, Sentinel (1 primary, 1 replica, 3
 //! sentinels) and Cluster (3 primaries), all on 127.0.0.1 and free ports.
 //!
-//! Every server runs beside a tiny `sh` watchdog that kills it (by PID) once the
-//! test process is gone, so servers kept in statics (which are never dropped)
-//! or left behind by a panic die with the test binary. Servers owned by one
-//! test are killed when dropped. Only processes started here are ever killed.
+//! The servers are `redis-server` processes when `redis-server` and `redis-cli`
+//! are installed, else containers of the `redis:7.0` image with host networking
+//! (see [`containers`](super::containers); `UNSTUCK_TEST_SERVERS` forces either).
+//! Both run the same arguments on the same ports, so nothing else differs;
+//! `redis-cli` then runs inside a helper container.
+//!
+//! Every server process runs beside a tiny `sh` watchdog that kills it (by PID)
+//! once the test process is gone, so servers kept in statics (which are never
+//! dropped) or left behind by a panic die with the test binary; containers have
+//! their own watchdog. Servers owned by one test are killed when dropped. Only
+//! processes and containers started here are ever killed.
 //!
 //! `REDIS_URL`, when set, replaces the shared standalone server (not the
 //! Sentinel and Cluster setups, nor servers that tests kill).
@@ -15,6 +22,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use super::containers::{self, Running, Source};
 
 const INSTALL_HINT: &str = "the Redis tests need `redis-server` and `redis-cli` on PATH \
      (Debian/Ubuntu: `apt-get install redis-server redis-tools`)";
@@ -74,24 +83,47 @@ fn temp_dir(role: &str) -> PathBuf {
     dir
 }
 
-fn check_installed() {
-    static CHECKED: OnceLock<()> = OnceLock::new();
-    CHECKED.get_or_init(|| {
-        for tool in ["redis-server", "redis-cli"] {
-            match Command::new(tool).arg("--version").output() {
-                Ok(out) if out.status.success() => {}
-                _ => panic!("`{tool}` not found: {INSTALL_HINT}"),
-            }
+/// Where this process's Redis servers come from (chosen once).
+fn source() -> Source {
+    static SOURCE: OnceLock<Source> = OnceLock::new();
+    *SOURCE.get_or_init(|| {
+        let installed = || {
+            ["redis-server", "redis-cli"].into_iter().all(|tool| {
+                Command::new(tool)
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|out| out.status.success())
+            })
+        };
+        let source = containers::choose_source("Redis", installed, INSTALL_HINT);
+        if source == Source::Binaries && !installed() {
+            panic!("`redis-server` or `redis-cli` not found: {INSTALL_HINT}");
         }
-    });
+        source
+    })
 }
 
-/// One `redis-server` process (a data node or a sentinel) and its watchdog.
+/// The container `redis-cli` runs in when the servers are containers.
+fn cli_container() -> &'static Running {
+    static TOOLS: OnceLock<Running> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        Running::start(containers::request(
+            containers::REDIS_IMAGE,
+            &["sleep".to_owned(), "infinity".to_owned()],
+        ))
+    })
+}
+
+/// One `redis-server` (a data node or a sentinel): a process and its
+/// watchdog, or a container.
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     args: Vec<String>,
     process: Option<(Child, Child)>,
+    /// The container, kept while stopped so that a restart keeps its files.
+    container: Option<Running>,
+    container_up: bool,
 }
 
 impl RedisServer {
@@ -102,7 +134,6 @@ impl RedisServer {
 
     /// A server on `port` with extra arguments (e.g. `--replicaof`).
     pub fn start_with(port: u16, role: &str, extra: &[&str]) -> Self {
-        check_installed();
         let dir = temp_dir(role);
         let mut args: Vec<String> = [
             "--port",
@@ -127,6 +158,8 @@ impl RedisServer {
             dir,
             args,
             process: None,
+            container: None,
+            container_up: false,
         };
         server.spawn();
         server
@@ -134,7 +167,6 @@ impl RedisServer {
 
     /// A sentinel on a free port monitoring `primary` under `name`.
     fn start_sentinel(primary: u16, name: &str) -> Self {
-        check_installed();
         let port = free_port();
         let dir = temp_dir("sentinel");
         let conf = dir.join("sentinel.conf");
@@ -155,13 +187,46 @@ impl RedisServer {
             dir,
             args: vec![conf.to_str().unwrap().to_owned(), "--sentinel".to_owned()],
             process: None,
+            container: None,
+            container_up: false,
         };
         server.spawn();
         server
     }
 
     fn spawn(&mut self) {
-        assert!(self.process.is_none(), "server already running");
+        assert!(
+            self.process.is_none() && !self.container_up,
+            "server already running"
+        );
+        match source() {
+            Source::Binaries => self.spawn_process(),
+            Source::Containers => self.spawn_container(),
+        }
+        self.wait_until(Duration::from_secs(10), "answer PING", |s| {
+            s.cli(&["PING"]).is_some_and(|r| r.trim() == "PONG")
+        });
+    }
+
+    /// Starts its container, or restarts it with its files. The server runs
+    /// as root in the locally built image, as `redis` in the official one: the
+    /// mounted directory (config, log, cluster state) is open to both.
+    fn spawn_container(&mut self) {
+        if let Some(container) = &self.container {
+            container.restart();
+        } else {
+            make_world_writable(&self.dir);
+            let log = self.dir.join("server.log");
+            let mut cmd = vec!["redis-server".to_owned()];
+            cmd.extend(self.args.iter().cloned());
+            cmd.extend(["--logfile".to_owned(), log.to_str().unwrap().to_owned()]);
+            let request = containers::request(containers::REDIS_IMAGE, &cmd);
+            self.container = Some(Running::start(containers::with_dir(request, &self.dir)));
+        }
+        self.container_up = true;
+    }
+
+    fn spawn_process(&mut self) {
         let log = std::fs::File::create(self.dir.join("server.log")).unwrap();
         let server = Command::new("redis-server")
             .args(&self.args)
@@ -189,9 +254,6 @@ impl RedisServer {
             .spawn()
             .expect("cannot start the watchdog shell");
         self.process = Some((server, watchdog));
-        self.wait_until(Duration::from_secs(10), "answer PING", |s| {
-            s.cli(&["PING"]).is_some_and(|r| r.trim() == "PONG")
-        });
     }
 
     /// The port it listens on.
@@ -211,6 +273,12 @@ impl RedisServer {
             let _ = server.wait();
             let _ = watchdog.kill();
             let _ = watchdog.wait();
+        }
+        if self.container_up {
+            if let Some(container) = &self.container {
+                container.kill();
+            }
+            self.container_up = false;
         }
     }
 
@@ -242,22 +310,59 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        self.container = None;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 /// `redis-cli -p port args…` with a timeout; stdout on success.
 pub fn cli(port: u16, args: &[&str]) -> Option<String> {
+    let mut full = vec!["-h", "127.0.0.1", "-p"];
+    let port = port.to_string();
+    full.push(&port);
+    full.extend_from_slice(args);
+    let (success, text) = redis_cli(5, &full)?;
+    (success && !text.starts_with("Could not connect")).then_some(text)
+}
+
+/// `redis-cli args…` bounded by `seconds`, here or in the helper container:
+/// whether it succeeded, and its standard output. `None` if it could not run.
+fn redis_cli(seconds: u32, args: &[&str]) -> Option<(bool, String)> {
     // redis-cli 7.0 has no timeout option; coreutils' `timeout` bounds a call
     // to a server that stopped answering.
-    let out = Command::new("timeout")
-        .args(["5", "redis-cli", "-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
+    let mut command = vec![seconds.to_string(), "redis-cli".to_owned()];
+    command.extend(args.iter().map(|a| (*a).to_owned()));
+    match source() {
+        Source::Binaries => {
+            let out = Command::new("timeout")
+                .args(&command)
+                .stdin(Stdio::null())
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            Some((out.status.success(), text))
+        }
+        Source::Containers => {
+            command.insert(0, "timeout".to_owned());
+            let (code, text) = cli_container().exec(&command)?;
+            Some((code == 0, text))
+        }
+    }
+}
+
+/// Opens `dir` to every user, for servers that run as another user in their
+/// container.
+fn make_world_writable(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::iter::once(dir.to_owned()).chain(
+        std::fs::read_dir(dir)
+            .expect("cannot list the temp dir")
+            .map(|e| e.expect("cannot list the temp dir").path()),
+    ) {
+        let mode = if entry.is_dir() { 0o777 } else { 0o666 };
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode))
+            .expect("cannot open the temp dir to the container's user");
+    }
 }
 
 /// Reads `field:value` lines of `INFO`/`CLUSTER INFO` output.
@@ -443,18 +548,12 @@ fn start_cluster_nodes(
         .iter()
         .map(|n| format!("127.0.0.1:{}", n.port()))
         .collect();
-    let out = Command::new("timeout")
-        .args(["60", "redis-cli", "--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run redis-cli --cluster create");
-    assert!(
-        out.status.success(),
-        "redis-cli --cluster create failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let replicas = replicas.to_string();
+    let mut args = vec!["--cluster", "create"];
+    args.extend(addrs.iter().map(String::as_str));
+    args.extend(["--cluster-replicas", &replicas, "--cluster-yes"]);
+    let (success, out) = redis_cli(60, &args).expect("cannot run redis-cli --cluster create");
+    assert!(success, "redis-cli --cluster create failed: {out}");
     nodes
 }
 
