@@ -4,6 +4,8 @@
 
 pub mod app;
 pub mod browser;
+#[cfg(feature = "redis")]
+pub mod cache_rounds;
 pub mod conformance;
 pub mod demo;
 pub mod demo_contract;
