@@ -279,7 +279,9 @@ async fn near_caches_follow_a_manual_failover_without_a_stale_read() {
     }
     // A third instance holds the failing-over shard's session in its cache
     // and sends nothing more until the failover is over: its cache must
-    // notice by itself.
+    // notice by itself. (The demoted master may still pass on invalidations
+    // for writes it replicates from the new one, but not for writes made
+    // before it resynced, so the cache must not count on that.)
     let idle: Cached =
         unstuck::NearCache::new(RedisStore::connect(&cluster.url()).await.unwrap()).unwrap();
     idle.load(&keys[0]).await.unwrap().expect("live session");
