@@ -12,7 +12,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use unstuck::{RedisStore, SessionId, StorageKey};
+use unstuck::{RedisStore, SessionId, SessionStore, StorageKey};
 
 use common::failover_load::{CounterLoad, evalsha_calls, probe_connection};
 use common::redis_server::{ReplicatedCluster, cluster_nodes};
@@ -246,5 +246,106 @@ async fn a_crashed_master_loses_no_acknowledged_write_with_replica_acks() {
     assert_every_session_continues(&load);
     for store in &stores {
         load.assert_nothing_acked_lost(store, SETTLE_LIMIT).await;
+    }
+}
+
+/// Near caches on both instances through a `CLUSTER FAILOVER` of one shard,
+/// while one client writes on one instance and reads on the other, on a
+/// session of every shard: no read is ever older than the client's own last
+/// write, every write reaches the other instance's cache within a bound, the
+/// caches notice the failover (they empty), and tracking resumes on the
+/// promoted master (a change made directly there reaches the cache).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_caches_follow_a_manual_failover_without_a_stale_read() {
+    use std::sync::Arc;
+
+    use common::cache_rounds::{self, Cached};
+    use common::redis_server::cli;
+
+    let _serial = SERIAL.lock().await;
+    let cluster = tokio::task::block_in_place(|| ReplicatedCluster::start(NODE_TIMEOUT));
+    let stores = stores(&cluster, false).await;
+    let [a, b]: [Arc<Cached>; 2] =
+        stores.map(|store| Arc::new(unstuck::NearCache::new(store).unwrap()));
+    let (keys, slots) = tokio::task::block_in_place(|| spread_keys(&cluster));
+    // One session per shard, the first on the shard that fails over.
+    let (keys, slots): (Vec<StorageKey>, Vec<u16>) = keys
+        .into_iter()
+        .zip(slots)
+        .step_by(SESSIONS_PER_SHARD)
+        .unzip();
+    for key in &keys {
+        cache_rounds::new_session(&*a, key).await;
+    }
+    // A third instance holds the failing-over shard's session in its cache
+    // and sends nothing more until the failover is over: its cache must
+    // notice by itself. (The demoted master may still pass on invalidations
+    // for writes it replicates from the new one, but not for writes made
+    // before it resynced, so the cache must not count on that.)
+    let idle: Cached =
+        unstuck::NearCache::new(RedisStore::connect(&cluster.url()).await.unwrap()).unwrap();
+    idle.load(&keys[0]).await.unwrap().expect("live session");
+    let mut rounds = cache_rounds::start(a.clone(), b.clone(), keys.clone(), FOLLOW_LIMIT);
+    rounds.wait_more(20, SETTLE_LIMIT).await;
+
+    let slot = slots[0];
+    let (master, replica) = cluster.shard_of(slot).expect("no master/replica pair");
+    let flushes = (a.stats().flushes, b.stats().flushes, idle.stats().flushes);
+    let (asked, promoted) =
+        tokio::task::block_in_place(|| cluster.manual_failover(slot, replica, SETTLE_LIMIT));
+    let noticed = loop {
+        if idle.stats().flushes > flushes.2 {
+            break Instant::now();
+        }
+        assert!(
+            promoted.elapsed() < FOLLOW_LIMIT,
+            "an idle cache did not notice the failover: {:?}",
+            idle.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    rounds.wait_more(20, SETTLE_LIMIT).await;
+    let followed = Instant::now();
+    let report = rounds.stop().await;
+    let (sa, sb) = (a.stats(), b.stats());
+    eprintln!(
+        "CLUSTER FAILOVER {master} -> {replica}: promotion agreed {:?} after the request; an \
+         idle cache emptied itself {:?} after the promotion; 20 rounds on every shard done \
+         {:?} after it; {} rounds, {} store errors retried, longest write-to-other-cache \
+         window {:?}; a {sa:?}; b {sb:?}",
+        promoted.saturating_duration_since(asked),
+        noticed.saturating_duration_since(promoted),
+        followed.saturating_duration_since(promoted),
+        report.rounds,
+        report.errors,
+        report.longest_window
+    );
+    let current = idle.load(&keys[0]).await.unwrap().expect("live session");
+    assert_eq!(current.data["count"], report.rounds.to_string());
+    assert!(
+        sa.flushes > flushes.0 && sb.flushes > flushes.1,
+        "a cache did not notice the failover: a {sa:?}, b {sb:?}"
+    );
+    // Tracking resumed on the promoted master: b holds the session again,
+    // and a change made directly on the new master reaches it.
+    let key = &keys[0];
+    let redis_key = redis_key(key);
+    let before = b.load(key).await.unwrap().expect("live session");
+    assert_eq!(before.data["count"], report.rounds.to_string());
+    let hits = b.stats().hits;
+    b.load(key).await.unwrap();
+    assert!(b.stats().hits > hits, "the session is not cached again");
+    cli(replica, &["HSET", &redis_key, "d:count", "-1"]).unwrap();
+    let deadline = Instant::now() + FOLLOW_LIMIT;
+    loop {
+        let record = b.load(key).await.unwrap().expect("live session");
+        if record.data["count"] == "-1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no invalidation from the promoted master"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

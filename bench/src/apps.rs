@@ -1,11 +1,13 @@
 //! The configurations under test, each an axum app on its own loopback port.
-//! Every app answers the same three routes with the same work: `/read` reads a
-//! counter, `/write` increments it, `/new` starts a session holding it.
+//! Every app answers the same routes with the same work: `/read` reads a
+//! counter, `/write` increments it, `/new` starts a session holding it, and
+//! `/pad/{bytes}` adds a value of that size to the session (the size sweep).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::Path;
 use axum::routing::get;
 
 pub const NO_SESSIONS: &str = "no sessions";
@@ -23,27 +25,40 @@ pub struct Row {
     pub uses_redis: bool,
 }
 
+/// Every configuration, in table order.
+pub const ALL: [&str; 5] = [NO_SESSIONS, UNSTUCK_MEMORY, UNSTUCK_REDIS, UNSTUCK_NEAR, TOWER_SESSIONS_REDIS];
+
+/// Serves every configuration in this process.
 pub async fn start(redis_url: &str) -> Vec<Row> {
     let mut rows = Vec::new();
-    rows.push(serve(NO_SESSIONS, none::app()).await);
-    rows.push(serve(UNSTUCK_MEMORY, ours::app(unstuck::MemoryStore::new())).await);
-    let store = unstuck::RedisStore::connect(redis_url)
-        .await
-        .expect("unstuck RedisStore on the bench redis");
-    rows.push(serve(UNSTUCK_REDIS, ours::app(store)).await);
-    let near = unstuck::NearCache::new(
-        unstuck::RedisStore::connect(redis_url)
-            .await
-            .expect("unstuck RedisStore on the bench redis"),
-    )
-    .expect("near cache")
-    .with_max_entries(100_000);
-    rows.push(serve(UNSTUCK_NEAR, ours::app(near)).await);
-    rows.push(serve(TOWER_SESSIONS_REDIS, theirs::app(redis_url).await).await);
+    for name in ALL {
+        rows.push(serve(name, app(name, redis_url).await).await);
+    }
     rows
 }
 
-async fn serve(name: &'static str, app: Router) -> Row {
+/// The app of configuration `name` (one of [`ALL`]), its store on `redis_url`.
+pub async fn app(name: &str, redis_url: &str) -> Router {
+    let redis = || async {
+        unstuck::RedisStore::connect(redis_url)
+            .await
+            .expect("unstuck RedisStore on the bench redis")
+    };
+    match name {
+        NO_SESSIONS => none::app(),
+        UNSTUCK_MEMORY => ours::app(unstuck::MemoryStore::new()),
+        UNSTUCK_REDIS => ours::app(redis().await),
+        UNSTUCK_NEAR => ours::app(
+            unstuck::NearCache::new(redis().await)
+                .expect("near cache")
+                .with_max_entries(100_000),
+        ),
+        TOWER_SESSIONS_REDIS => theirs::app(redis_url).await,
+        other => panic!("no configuration named {other:?}"),
+    }
+}
+
+pub async fn serve(name: &'static str, app: Router) -> Row {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a loopback port");
@@ -65,6 +80,7 @@ mod none {
             .route("/read", get(|| async { "0" }))
             .route("/write", get(|| async { "1" }))
             .route("/new", get(|| async { "1" }))
+            .route("/pad/{bytes}", get(|| async { "1" }))
     }
 }
 
@@ -82,6 +98,11 @@ mod ours {
         Ok(n.to_string())
     }
 
+    async fn pad(session: Session, Path(bytes): Path<usize>) -> Result<String, unstuck::Error> {
+        session.insert("pad", "x".repeat(bytes))?;
+        Ok(bytes.to_string())
+    }
+
     pub fn app(store: impl SessionStore) -> Router {
         let layer = SessionLayer::new(store)
             .with_keys([unstuck::Key::derive_from(&[7; 32]).unwrap()])
@@ -90,6 +111,7 @@ mod ours {
             .route("/read", get(read))
             .route("/write", get(write))
             .route("/new", get(write))
+            .route("/pad/{bytes}", get(pad))
             .layer(layer)
     }
 }
@@ -115,6 +137,11 @@ mod theirs {
         n.to_string()
     }
 
+    async fn pad(session: Session, Path(bytes): Path<usize>) -> String {
+        session.insert("pad", "x".repeat(bytes)).await.expect("tower-sessions insert");
+        bytes.to_string()
+    }
+
     pub async fn app(redis_url: &str) -> Router {
         let pool = Pool::new(Config::from_url(redis_url).expect("fred config"), None, None, None, 6)
             .expect("fred pool");
@@ -127,6 +154,7 @@ mod theirs {
             .route("/read", get(read))
             .route("/write", get(write))
             .route("/new", get(write))
+            .route("/pad/{bytes}", get(pad))
             .layer(layer)
     }
 }

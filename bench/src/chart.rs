@@ -19,9 +19,11 @@ const COLORS: [RGBColor; 6] = [
 pub fn draw(path: &Path, rows: &[Row], totals: &[Vec<Totals>]) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::new(path, (960, 480)).into_drawing_area();
     root.fill(&WHITE)?;
-    let groups = Scenario::ALL.len();
+    // The main scenarios (the first of the table); the size sweep is in the
+    // table only.
+    let groups = Scenario::MAIN.len();
     let width = rows.len() + 1;
-    let top = totals
+    let top = totals[..groups]
         .iter()
         .flatten()
         .map(Totals::rps)
@@ -42,7 +44,7 @@ pub fn draw(path: &Path, rows: &[Row], totals: &[Vec<Totals>]) -> Result<(), Box
             let slot = x.round() as usize;
             let group = slot / width;
             let middle = (*x - x.round()).abs() < 1e-6 && slot % width == width / 2;
-            match Scenario::ALL.get(group) {
+            match Scenario::MAIN.get(group) {
                 Some(scenario) if middle => scenario.name().to_owned(),
                 _ => String::new(),
             }
@@ -53,7 +55,7 @@ pub fn draw(path: &Path, rows: &[Row], totals: &[Vec<Totals>]) -> Result<(), Box
     for (r, row) in rows.iter().enumerate() {
         let color = COLORS[r % COLORS.len()];
         chart
-            .draw_series(Scenario::ALL.iter().enumerate().map(|(s, _)| {
+            .draw_series(Scenario::MAIN.iter().enumerate().map(|(s, _)| {
                 let x = (s * width + r) as f64 + (width - rows.len()) as f64 / 2.0;
                 Rectangle::new([(x, 0.0), (x + 0.9, totals[s][r].rps())], color.filled())
             }))?

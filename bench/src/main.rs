@@ -6,8 +6,15 @@
 //! ```
 //!
 //! `--scenario TEXT` and `--row TEXT` restrict a run to matching scenarios and
-//! configurations (for profiling); such a run prints req/s only and leaves the
-//! saved results alone.
+//! configurations (for profiling); such a run prints req/s only, skips the
+//! instances sweep and leaves the saved results alone. `--instances no` skips
+//! the instances sweep of a full run.
+//!
+//! Besides the four main scenarios, the table has a session-size sweep (a
+//! write request on sessions of ~100 B, 4 KB and 64 KB, one small key changed
+//! each time), and every row reports Redis CPU µs per request (`INFO cpu`). A
+//! second table, the instances sweep ([`instances`]), runs 1, 2 and 3 app
+//! processes of each Redis configuration on the one Redis.
 //!
 //! It starts its own `redis-server` on a free loopback port, serves every
 //! configuration ("row") from this process on its own port, and drives them with
@@ -21,6 +28,7 @@
 
 mod apps;
 mod chart;
+mod instances;
 mod load;
 mod redis_server;
 
@@ -36,6 +44,8 @@ struct Options {
     /// Only scenarios / configurations whose name contains this (for profiling).
     only_scenario: Option<String>,
     only_row: Option<String>,
+    /// Whether to run the instances sweep after the main table.
+    instances: bool,
 }
 
 impl Options {
@@ -46,6 +56,7 @@ impl Options {
             connections: 32,
             only_scenario: None,
             only_row: None,
+            instances: true,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -59,6 +70,7 @@ impl Options {
                 }
                 "--scenario" => options.only_scenario = Some(value.to_owned()),
                 "--row" => options.only_row = Some(value.to_owned()),
+                "--instances" => options.instances = value != "no",
                 other => panic!("unknown argument {other:?}; see the module docs"),
             }
             i += 2;
@@ -68,6 +80,15 @@ impl Options {
 }
 
 fn main() {
+    // An app instance of the instances sweep: `--serve CONFIGURATION --redis URL`.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [serve, row, redis, url] = args.as_slice()
+        && serve == "--serve"
+        && redis == "--redis"
+    {
+        instances::serve_child(row, url);
+        return;
+    }
     let options = Options::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -121,8 +142,9 @@ async fn run(options: Options) {
                 let r = (round + offset) % rows.len();
                 step += 1;
                 let row = &rows[r];
+                let users = load::prepare(&[row.address], *scenario, options.connections).await;
                 let before = redis.stats().await;
-                let measured = load::drive(row.address, *scenario, options.connections, duration).await;
+                let measured = users.drive(duration).await;
                 let after = redis.stats().await;
                 eprintln!(
                     "[{step:>3}/{steps}] {:<22} round {}/{}  {:<26} {:>9.0} req/s",
@@ -145,7 +167,12 @@ async fn run(options: Options) {
         }
         return;
     }
-    let table = table(&rows, &totals);
+    let mut table = table(&rows, &totals);
+    if options.instances {
+        let sweep = instances::run(&redis, options.rounds, options.connections, duration).await;
+        table.push_str("\nInstances sweep (app processes on one Redis):\n\n");
+        table.push_str(&sweep);
+    }
     println!("{table}");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::write(dir.join("results.md"), &table).expect("write bench/results.md");
@@ -157,8 +184,8 @@ fn table(rows: &[apps::Row], totals: &[Vec<Totals>]) -> String {
     let ceiling = rows.iter().position(|r| r.name == apps::NO_SESSIONS);
     let anchor = rows.iter().position(|r| r.name == apps::TOWER_SESSIONS_REDIS);
     let mut out = String::new();
-    out.push_str("| scenario | configuration | req/s | × no sessions | × tower-sessions+Redis | p50 ms | p99 ms | Redis round trips/req | Redis cmds/req (incl. inside scripts) | Redis bytes/req |\n");
-    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("| scenario | configuration | req/s | × no sessions | × tower-sessions+Redis | p50 ms | p99 ms | Redis round trips/req | Redis cmds/req (incl. inside scripts) | Redis bytes/req | Redis CPU µs/req |\n");
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (s, scenario) in Scenario::ALL.iter().enumerate() {
         for (r, row) in rows.iter().enumerate() {
             let t = &totals[s][r];
@@ -167,7 +194,7 @@ fn table(rows: &[apps::Row], totals: &[Vec<Totals>]) -> String {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
+                "| {} | {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
                 scenario.name(),
                 row.name,
                 t.rps(),
@@ -178,6 +205,7 @@ fn table(rows: &[apps::Row], totals: &[Vec<Totals>]) -> String {
                 t.round_trips.unwrap_or(f64::NAN),
                 t.redis_commands_per_request(),
                 t.redis_bytes_per_request(),
+                t.redis_cpu_us_per_request(),
             );
         }
     }

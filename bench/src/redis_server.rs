@@ -15,6 +15,8 @@ pub struct RedisServer {
 pub struct RedisStats {
     pub commands: u64,
     pub bytes: u64,
+    /// CPU time Redis used (user + system), in µs.
+    pub cpu_us: u64,
 }
 
 impl RedisStats {
@@ -22,6 +24,7 @@ impl RedisStats {
         Self {
             commands: self.commands.saturating_sub(earlier.commands),
             bytes: self.bytes.saturating_sub(earlier.bytes),
+            cpu_us: self.cpu_us.saturating_sub(earlier.cpu_us),
         }
     }
 }
@@ -84,6 +87,20 @@ impl RedisServer {
             .query_async(&mut connection)
             .await
             .expect("INFO stats");
+        let cpu: String = redis::cmd("INFO")
+            .arg("cpu")
+            .query_async(&mut connection)
+            .await
+            .expect("INFO cpu");
+        // Seconds with µs precision ("used_cpu_sys:1.234567").
+        let cpu_us = ["used_cpu_sys", "used_cpu_user"]
+            .iter()
+            .filter_map(|name| {
+                cpu.lines()
+                    .find_map(|line| line.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<f64>().ok())
+            })
+            .map(|seconds| (seconds * 1e6).round() as u64)
+            .sum();
         let commands = commandstats
             .lines()
             .filter(|line| line.starts_with("cmdstat_") && !line.starts_with("cmdstat_info:"))
@@ -97,7 +114,7 @@ impl RedisServer {
                     .find_map(|line| line.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<u64>().ok())
             })
             .sum();
-        RedisStats { commands, bytes }
+        RedisStats { commands, bytes, cpu_us }
     }
 }
 

@@ -140,7 +140,7 @@ pub async fn open_store(settings: &Settings) -> Result<(Arc<dyn SessionStore>, K
     let scheme = url.split("://").next().unwrap_or_default();
     if near_cache && !scheme.starts_with("redis") {
         return Err(
-            "UNSTUCK_NEAR_CACHE=1 works with Redis stores (redis:// or redis+sentinel://)"
+            "UNSTUCK_NEAR_CACHE=1 works with Redis stores (redis://, redis+sentinel:// or redis+cluster://)"
                 .to_owned(),
         );
     }

@@ -4,6 +4,8 @@
 
 pub mod app;
 pub mod browser;
+#[cfg(feature = "redis")]
+pub mod cache_rounds;
 pub mod conformance;
 #[cfg(any(feature = "redis", feature = "postgres"))]
 pub mod containers;

@@ -25,6 +25,9 @@
 //! - When the channel is lost (or the store says it no longer points at the
 //!   primary), the cache is emptied and a new channel opens on next use.
 //!   Entries also expire after a maximum age, and with their session.
+//! - A channel may be several connections (on Redis Cluster, one per master):
+//!   the cache sees one channel, and the loss of any part of it is the loss of
+//!   the channel.
 
 mod cache;
 
@@ -142,7 +145,8 @@ pub trait Trackable: SessionStore {
     /// Checks once, when the cache is built, that this store can be tracked.
     ///
     /// # Errors
-    /// When it cannot (for Redis: a store built from a pool, or Cluster).
+    /// When it cannot (for Redis: a store built from a pool, which does not
+    /// know where to open its channel).
     fn check_trackable(&self) -> Result<(), ConfigError> {
         Ok(())
     }

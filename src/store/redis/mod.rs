@@ -1,5 +1,6 @@
 //! [`RedisStore`]: sessions in Redis (standalone, Sentinel or Cluster).
 
+mod cluster_tracking;
 mod codec;
 mod conn;
 mod errors;
