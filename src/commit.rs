@@ -29,6 +29,8 @@ pub(crate) struct Pending {
     pub stored: Option<Stored>,
     /// A session the request destroyed.
     pub ended: Option<StorageKey>,
+    /// The user of the session the request destroyed, for its event.
+    pub ended_user: Option<String>,
     pub changes: ChangeSet,
     pub cycle: bool,
     /// The contents of a session that is not stored yet.
@@ -143,6 +145,7 @@ mod tests {
         Pending {
             stored,
             ended: None,
+            ended_user: None,
             changes: ChangeSet::new(SystemTime::UNIX_EPOCH),
             cycle: false,
             data: Data::new(),

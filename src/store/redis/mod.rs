@@ -476,6 +476,10 @@ impl RedisStore {
 
 #[async_trait]
 impl SessionStore for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
     async fn load(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
         let fields: HashMap<String, String> = self
             .bounded(0, async {
