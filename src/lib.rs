@@ -103,7 +103,7 @@ pub use crate::store::{
 pub use crate::store::{InvalidIdentifier, PostgresCleanup, PostgresStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use crate::store::{RedisChannel, RedisStore};
+pub use crate::store::{RedisChannel, RedisExpiryEvents, RedisStore};
 pub use ::cookie::SameSite;
 
 /// Compiles the README's Rust examples, so the front page cannot rot.

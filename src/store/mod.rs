@@ -31,7 +31,7 @@ pub use self::near_cache::{Invalidations, NearCache, NearCacheStats, Trackable, 
 pub use self::postgres::{DEFAULT_TABLE, InvalidIdentifier, PostgresCleanup, PostgresStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use self::redis::{RedisChannel, RedisStore};
+pub use self::redis::{RedisChannel, RedisExpiryEvents, RedisStore};
 use crate::error::ConfigError;
 use crate::id::StorageKey;
 

@@ -4,6 +4,7 @@ mod codec;
 mod conn;
 mod errors;
 mod exec;
+mod expiry;
 mod index;
 mod scripts;
 mod sentinel_watch;
@@ -25,6 +26,7 @@ use self::codec::{
 };
 use self::conn::{Backend, Conn, Connections};
 use self::errors::{TimedOut, is_unavailable, map_pool_error, map_redis_error};
+pub use self::expiry::RedisExpiryEvents;
 pub use self::tracking::RedisChannel;
 
 use super::{
