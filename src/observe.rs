@@ -86,6 +86,7 @@ impl Watch {
             store = store.name(),
             step,
             session = Empty,
+            new_session = Empty,
             outcome = Empty,
             latency_ms = Empty,
         );
@@ -119,11 +120,11 @@ impl Watch {
         &self.span
     }
 
-    /// Notes the correlation tag of a session that got its key during the
-    /// save (a created or rotated one).
+    /// Notes the correlation tag of the key a save created or rotated to
+    /// (`new_session`, beside the `session` it started from, if any).
     pub fn session(&self, config: &Config, key: &StorageKey) {
         if !self.span.is_disabled() {
-            self.span.record("session", correlation(config, key));
+            self.span.record("new_session", correlation(config, key));
         }
     }
 
