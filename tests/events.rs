@@ -273,7 +273,7 @@ mod redis {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::common::redis_server::{self, RedisCluster, RedisServer};
+    use crate::common::redis_server::{self, RedisCluster, RedisServer, SentinelSetup};
     use unstuck::RedisStore;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,8 +290,9 @@ mod redis {
     async fn expirations_are_reported(
         store: &RedisStore,
         rx: &mut UnboundedReceiver<SessionEvent>,
-    ) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+    ) -> Duration {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(60);
         loop {
             assert!(
                 Instant::now() < deadline,
@@ -318,7 +319,7 @@ mod redis {
                 waiting.remove(key);
             }
             if waiting.is_empty() {
-                return;
+                return started.elapsed();
             }
         }
     }
@@ -350,6 +351,36 @@ mod redis {
         // Twelve keys over three primaries: a node without a subscription
         // would leave some unreported in every round.
         expirations_are_reported(&store, &mut rx).await;
+        drop(watch);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_sentinel_reports_expirations_and_follows_a_failover() {
+        let setup = SentinelSetup::start();
+        for node in [&setup.primary, &setup.replica] {
+            node.cli(&["CONFIG", "SET", "notify-keyspace-events", "Ex"])
+                .expect("config set");
+        }
+        let (events, mut rx) = collected();
+        let store = RedisStore::connect(&setup.url()).await.unwrap();
+        let watch = store.spawn_expiry_events(events).unwrap();
+        expirations_are_reported(&store, &mut rx).await;
+        // After the switch, only the new primary expires keys (a replica
+        // deletes them when its primary says so, and reports no expiry).
+        let promoted = setup.replica.port();
+        tokio::task::block_in_place(|| {
+            setup.failover(Duration::from_secs(60));
+            setup.wait_named_primary(promoted, Duration::from_secs(60));
+        });
+        let resumed = expirations_are_reported(&store, &mut rx).await;
+        // Sentinel demotes the old primary about 10 s after the switch, which
+        // also ends subscriptions there: reported while it is still primary
+        // means the watcher followed the switch rather than that demotion.
+        let role = redis_server::cli(setup.primary.port(), &["ROLE"]).unwrap_or_default();
+        assert!(
+            role.starts_with("master"),
+            "expirations came back only after the old primary's demotion ({resumed:?})"
+        );
         drop(watch);
     }
 

@@ -14,13 +14,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, AsyncConnectionConfig, Msg, RedisError, Value};
+use deadpool_redis::redis::{self, Msg, RedisError, Value};
 use futures_util::StreamExt as _;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
 
 use super::codec::storage_key_of;
 use super::conn::Connections;
+// Subscriptions are kept, retried and checked as the Sentinel watcher's are.
+use super::sentinel_watch::{KEEPALIVE, MAX_BACKOFF, MIN_BACKOFF, timeouts};
 use super::url::Target;
 use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT, RedisStore};
 use crate::error::ConfigError;
@@ -28,12 +30,6 @@ use crate::events::{SessionEvent, SessionEventKind, SessionEvents};
 
 /// How often the watcher checks whether the primaries changed.
 const TOPOLOGY_CHECK: Duration = Duration::from_secs(1);
-/// First wait before subscribing again after a failure.
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest wait between attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// How often a quiet subscription is checked with a `PING`.
-const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// The task started by [`RedisStore::spawn_expiry_events`]; dropping it (or
 /// [`stop`](Self::stop)) ends the subscriptions.
@@ -131,12 +127,6 @@ struct Topology {
     channel: String,
 }
 
-fn timeouts() -> AsyncConnectionConfig {
-    AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
-}
-
 fn channel(db: i64) -> String {
     format!("__keyevent@{db}__:expired")
 }
@@ -218,7 +208,12 @@ impl Watch {
                     master_name,
                     db,
                 } => {
-                    let primary = sentinel_primary(sentinels, master_name).await?;
+                    // The store's watcher moves to a promoted replica before
+                    // every sentinel names it: follow the store, not them.
+                    let primary = match self.connections.installed_primary() {
+                        Some(addr) => format!("redis://{addr}"),
+                        None => sentinel_primary(sentinels, master_name).await?,
+                    };
                     Ok(Topology {
                         nodes: vec![primary],
                         channel: channel(*db),
