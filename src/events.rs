@@ -43,7 +43,7 @@ use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::SystemTime;
 
 use crate::id::StorageKey;
@@ -176,7 +176,7 @@ struct Hub {
     listeners: Listeners,
     capacity: usize,
     /// The queue to the delivery thread, made with the first event.
-    queue: OnceLock<Mutex<SyncSender<SessionEvent>>>,
+    queue: OnceLock<SyncSender<SessionEvent>>,
     dropped: AtomicU64,
 }
 
@@ -260,13 +260,9 @@ impl SessionEvents {
                 // dropped, and counted, rather than failing requests.
                 tracing::error!(%error, "could not start the session event thread");
             }
-            Mutex::new(sender)
+            sender
         });
-        let sent = queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .try_send(event);
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = sent {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = queue.try_send(event) {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
             crate::metrics::event_dropped();
         }
@@ -290,6 +286,7 @@ fn deliver(queue: &Receiver<SessionEvent>, listeners: &Listeners) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
     use std::sync::mpsc::channel;
     use std::time::Duration;
 

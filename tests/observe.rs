@@ -9,7 +9,6 @@ mod common;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -18,7 +17,6 @@ use tokio::sync::Notify;
 use unstuck::{MemoryStore, SessionLayer, SessionStore};
 
 use common::app::{Client, id_text, shared_key};
-use common::instrumented::{Instrumented, Mode};
 
 fn block_on<T>(work: impl Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
@@ -119,10 +117,13 @@ async fn race_logout(app: &Router, gate: &Gate, client: &Client, gated: &str) ->
 
 #[cfg(feature = "metrics")]
 mod metrics {
+    use std::time::Duration;
+
     use metrics_util::CompositeKey;
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
     use super::*;
+    use crate::common::instrumented::{Instrumented, Mode};
 
     /// Every metric recorded, taken once (a snapshot resets what it reads).
     type Recorded = Vec<(CompositeKey, DebugValue)>;
