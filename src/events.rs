@@ -1,43 +1,6 @@
 //! Session lifecycle events: created, rotated, destroyed, logged out
 //! everywhere, expired; delivered to [`SessionListener`]s through a
-//! [`SessionEvents`] hub.
-//!
-//! # Delivery
-//! A hub never slows a request down. Emitting an event is a non-blocking push
-//! onto a bounded queue (default 1024 events); one thread per hub
-//! (`unstuck-events`, started on the first event) takes events off the queue and
-//! calls every listener in turn, in the order they were added. So:
-//! - a slow listener delays only the listeners and events behind it; once the
-//!   queue is full, new events are dropped and counted
-//!   ([`SessionEvents::dropped`], and the metric `unstuck_events_dropped_total`);
-//! - a listener that panics is caught and logged; the others, and later
-//!   events, are delivered as usual;
-//! - events from one hub arrive in the order they were emitted.
-//!
-//! Listeners are plain synchronous callbacks. One that needs to do I/O (write
-//! an audit table, call a webhook) should hand the event to its own task, for
-//! example through a channel.
-//!
-//! # What is guaranteed
-//! - **In-process events are exact**: [`Created`](SessionEventKind::Created),
-//!   [`Rotated`](SessionEventKind::Rotated),
-//!   [`Destroyed`](SessionEventKind::Destroyed) and
-//!   [`LoggedOutEverywhere`](SessionEventKind::LoggedOutEverywhere) are emitted
-//!   by the layer once the store has confirmed the change, and never for a
-//!   change that failed. They are lost only if the queue is full (counted) or
-//!   the process dies before delivery.
-//! - **Expirations** ([`Expired`](SessionEventKind::Expired)) are reported
-//!   where the store can tell: [`MemoryStore`](crate::MemoryStore) when its
-//!   sweep removes a session (writes sweep at most every 30 seconds, so the
-//!   event can come that much later, or later still without writes),
-//!   `PostgresStore` when its cleanup deletes the row (as late as the cleanup
-//!   interval), `RedisStore` through Redis keyspace notifications, which are
-//!   fire-and-forget: sent per node, lost while the listener is disconnected,
-//!   and only sent when the server is configured for them (see
-//!   `RedisStore::spawn_expiry_events`). Treat expirations as a signal for
-//!   metrics and audit trails, not as a guarantee.
-//! - Events name sessions by their [`StorageKey`] (a hash of the ID: it cannot
-//!   be used as a cookie), never by their ID.
+//! [`SessionEvents`] hub (see there for delivery and guarantees).
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -151,9 +114,44 @@ type Listeners = Arc<RwLock<Vec<Arc<dyn SessionListener>>>>;
 /// [`SessionLayer`](crate::SessionLayer) (created, rotated, destroyed,
 /// logged out everywhere) and the stores that report expirations.
 ///
-/// Cheap to clone; clones share listeners, queue and counters. See the
-/// [module documentation](self) for how events are delivered and what is
-/// guaranteed.
+/// Cheap to clone; clones share listeners, queue and counters.
+///
+/// # Delivery
+/// A hub never slows a request down. Emitting an event is a non-blocking push
+/// onto a bounded queue (default 1024 events); one thread per hub
+/// (`unstuck-events`, started on the first event) takes events off the queue and
+/// calls every listener in turn, in the order they were added. So:
+/// - a slow listener delays only the listeners and events behind it; once the
+///   queue is full, new events are dropped and counted
+///   ([`SessionEvents::dropped`], and the metric `unstuck_events_dropped_total`);
+/// - a listener that panics is caught and logged; the others, and later
+///   events, are delivered as usual;
+/// - events from one hub arrive in the order they were emitted.
+///
+/// Listeners are plain synchronous callbacks. One that needs to do I/O (write
+/// an audit table, call a webhook) should hand the event to its own task, for
+/// example through a channel.
+///
+/// # What is guaranteed
+/// - **In-process events are exact**: [`Created`](SessionEventKind::Created),
+///   [`Rotated`](SessionEventKind::Rotated),
+///   [`Destroyed`](SessionEventKind::Destroyed) and
+///   [`LoggedOutEverywhere`](SessionEventKind::LoggedOutEverywhere) are emitted
+///   by the layer once the store has confirmed the change, and never for a
+///   change that failed. They are lost only if the queue is full (counted) or
+///   the process dies before delivery.
+/// - **Expirations** ([`Expired`](SessionEventKind::Expired)) are reported
+///   where the store can tell: [`MemoryStore`](crate::MemoryStore) when its
+///   sweep removes a session (writes sweep at most every 30 seconds, so the
+///   event can come that much later, or later still without writes),
+///   `PostgresStore` when its cleanup deletes the row (as late as the cleanup
+///   interval), `RedisStore` through Redis keyspace notifications, which are
+///   fire-and-forget: sent per node, lost while the listener is disconnected,
+///   and only sent when the server is configured for them (see
+///   `RedisStore::spawn_expiry_events`). Treat expirations as a signal for
+///   metrics and audit trails, not as a guarantee.
+/// - Events name sessions by their [`StorageKey`] (a hash of the ID: it cannot
+///   be used as a cookie), never by their ID.
 ///
 /// # Examples
 /// ```
