@@ -557,21 +557,10 @@ impl Session {
             ended: pending.ended_user.take(),
         };
         let plan = commit::plan(pending, SystemTime::now());
-        let step = match &plan.step {
-            Step::Nothing if plan.delete.is_none() => return Ok(None),
-            Step::Nothing => "delete",
-            Step::Create(_) => "create",
-            Step::Rotate(..) => "rotate",
-            Step::Save(..) => "save",
-            Step::Touch(..) => "touch",
+        let Some(step) = plan.label() else {
+            return Ok(None);
         };
-        let stored_key = match &plan.step {
-            Step::Rotate(stored, _) | Step::Save(stored, _) | Step::Touch(stored, _) => {
-                Some(&stored.key)
-            }
-            Step::Nothing | Step::Create(_) => plan.delete.as_ref(),
-        };
-        let watch = Watch::save(&*self.shared.store, config, step, stored_key);
+        let watch = Watch::save(&*self.shared.store, config, step, plan.key());
         let span = watch.span().clone();
         // One deadline for all of the save's store calls.
         let saved = deadline::within(
