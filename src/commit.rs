@@ -29,6 +29,8 @@ pub(crate) struct Pending {
     pub stored: Option<Stored>,
     /// A session the request destroyed.
     pub ended: Option<StorageKey>,
+    /// The user of the session the request destroyed, for its event.
+    pub ended_user: Option<String>,
     pub changes: ChangeSet,
     pub cycle: bool,
     /// The contents of a session that is not stored yet.
@@ -63,6 +65,30 @@ pub(crate) struct Plan {
     /// cookie, unless the step issues a new one.
     pub delete: Option<StorageKey>,
     pub step: Step,
+}
+
+impl Plan {
+    /// What the plan writes, as spans name it; `None` when it writes nothing.
+    pub fn label(&self) -> Option<&'static str> {
+        Some(match &self.step {
+            Step::Nothing if self.delete.is_none() => return None,
+            Step::Nothing => "delete",
+            Step::Create(_) => "create",
+            Step::Rotate(..) => "rotate",
+            Step::Save(..) => "save",
+            Step::Touch(..) => "touch",
+        })
+    }
+
+    /// The stored session the plan starts from, if any.
+    pub fn key(&self) -> Option<&StorageKey> {
+        match &self.step {
+            Step::Rotate(stored, _) | Step::Save(stored, _) | Step::Touch(stored, _) => {
+                Some(&stored.key)
+            }
+            Step::Nothing | Step::Create(_) => self.delete.as_ref(),
+        }
+    }
 }
 
 /// Decides what to write for `pending` at `now`, under the session's timeouts.
@@ -143,6 +169,7 @@ mod tests {
         Pending {
             stored,
             ended: None,
+            ended_user: None,
             changes: ChangeSet::new(SystemTime::UNIX_EPOCH),
             cycle: false,
             data: Data::new(),
@@ -188,6 +215,30 @@ mod tests {
         let plan_b = plan(p, at(5));
         assert_eq!(plan_b.delete, Some(old));
         assert!(matches!(plan_b.step, Step::Create(_)));
+    }
+
+    #[test]
+    fn a_plan_names_what_it_writes_and_the_session_it_starts_from() {
+        assert_eq!(plan(pending(None), at(1)).label(), None);
+        let old = stored();
+        let mut p = pending(None);
+        p.ended = Some(old.key.clone());
+        let delete = plan(p, at(1));
+        assert_eq!(
+            (delete.label(), delete.key()),
+            (Some("delete"), Some(&old.key))
+        );
+        let mut p = pending(Some(old.clone()));
+        p.cycle = true;
+        let rotate = plan(p, at(1));
+        assert_eq!(
+            (rotate.label(), rotate.key()),
+            (Some("rotate"), Some(&old.key))
+        );
+        let mut p = pending(None);
+        p.user = Some("alice".into());
+        let create = plan(p, at(1));
+        assert_eq!((create.label(), create.key()), (Some("create"), None));
     }
 
     #[test]

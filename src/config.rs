@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::cookie::CookieConfig;
 use crate::error::ConfigError;
+use crate::events::SessionEvents;
 use crate::expiry::Timeouts;
 
 #[derive(Clone, Debug)]
@@ -15,6 +16,8 @@ pub(crate) struct Config {
     pub store_timeout: Duration,
     /// The cookie key was made up at startup rather than configured.
     pub generated_key: bool,
+    /// Where lifecycle events go, if anywhere.
+    pub events: Option<SessionEvents>,
     /// Set once this configuration has been checked (and its warnings
     /// logged) by the first service built from it; replaced by every change.
     pub checked: Arc<OnceLock<Result<(), ConfigError>>>,
@@ -69,6 +72,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             store_timeout: Duration::from_secs(5),
             generated_key: false,
+            events: None,
             checked: Arc::default(),
         }
     }

@@ -14,6 +14,7 @@ use tower_service::Service;
 use crate::config::Config;
 use crate::cookie::CookieProtection;
 use crate::error::ConfigError;
+use crate::events::SessionEvents;
 use crate::extract::LazySession;
 use crate::key::Key;
 use crate::session::CommitError;
@@ -197,6 +198,28 @@ impl SessionLayer {
     /// request; it must be shorter than the idle timeout.
     pub fn with_idle_refresh_interval(mut self, interval: Duration) -> Self {
         self.config().timeouts.refresh_interval = Some(interval);
+        self
+    }
+
+    /// Sends the layer's lifecycle events (created, rotated, destroyed, logged
+    /// out everywhere) to `events`, once the store has confirmed each change.
+    /// Give the same hub to the store to get its expirations too. See
+    /// [`SessionEvents`] for how delivery works.
+    ///
+    /// # Examples
+    /// ```
+    /// use unstuck::{MemoryStore, SessionEvent, SessionEventKind, SessionEvents, SessionLayer};
+    ///
+    /// let events = SessionEvents::new().with_listener(|event: &SessionEvent| {
+    ///     if let SessionEventKind::Rotated { .. } = event.kind {
+    ///         tracing::info!(user = ?event.user, "login");
+    ///     }
+    /// });
+    /// let layer = SessionLayer::new(MemoryStore::new()).with_events(events);
+    /// # let _ = layer;
+    /// ```
+    pub fn with_events(mut self, events: SessionEvents) -> Self {
+        self.config().events = Some(events);
         self
     }
 

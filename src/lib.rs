@@ -52,6 +52,9 @@
 //! - [`SessionStore`]: the trait stores implement, built around [`ChangeSet`]s;
 //!   [`MemoryStore`] is the embedded one.
 //! - [`Key`]: cookie keys, derived from secrets; several rotate.
+//! - [`SessionEvents`]: lifecycle events (created, rotated, destroyed, logged
+//!   out everywhere, expired) for audit logs; [`metrics`]: counters and
+//!   histograms (feature `metrics`); `tracing` spans for every load and save.
 //! - `store::tower_sessions` (features `tower-sessions`, `tower-sessions-014`):
 //!   our stores under tower-sessions' layer (and so axum-login), and
 //!   tower-sessions stores under ours.
@@ -65,11 +68,14 @@ mod config;
 mod cookie;
 mod deadline;
 mod error;
+mod events;
 mod expiry;
 mod extract;
 mod id;
 mod key;
 mod layer;
+pub mod metrics;
+mod observe;
 mod session;
 pub mod store;
 #[cfg(feature = "test-util")]
@@ -79,6 +85,9 @@ mod time;
 
 pub use crate::cookie::CookieProtection;
 pub use crate::error::{ConfigError, Error};
+pub use crate::events::{
+    DEFAULT_EVENT_QUEUE, SessionEvent, SessionEventKind, SessionEvents, SessionListener,
+};
 pub use crate::expiry::Expiry;
 pub use crate::extract::SessionRejection;
 pub use crate::id::{SessionId, StorageKey};
@@ -94,7 +103,7 @@ pub use crate::store::{
 pub use crate::store::{InvalidIdentifier, PostgresCleanup, PostgresStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use crate::store::{RedisChannel, RedisStore};
+pub use crate::store::{RedisChannel, RedisExpiryEvents, RedisStore};
 pub use ::cookie::SameSite;
 
 /// Compiles the README's Rust examples, so the front page cannot rot.

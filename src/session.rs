@@ -9,13 +9,17 @@ use std::time::{Duration, SystemTime};
 use http::HeaderValue;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::commit::{self, Pending, Step, Stored};
 use crate::config::Config;
 use crate::deadline;
 use crate::error::Error;
+use crate::events::SessionEventKind;
 use crate::expiry::{Expiry, Timeouts};
 use crate::id::{SessionId, StorageKey};
+use crate::metrics::LoadOutcome;
+use crate::observe::{self, Watch};
 use crate::store::{
     ChangeSet, Data, Record, SaveOutcome, SessionStore, SessionSummary, StoreError, UserChange,
     Version,
@@ -71,6 +75,8 @@ struct State {
     cycle: bool,
     /// A session this request destroyed, to delete when saving.
     ended: Option<StorageKey>,
+    /// Its user, for the event.
+    ended_user: Option<String>,
     /// This session's own lifetime, if it has one ("remember me").
     lifetime: Option<Lifetime>,
     /// Set once the layer has saved the request's changes.
@@ -117,6 +123,7 @@ impl State {
             changes: ChangeSet::new(SystemTime::UNIX_EPOCH),
             cycle: false,
             ended: None,
+            ended_user: None,
             lifetime: None,
             committed: false,
         }
@@ -146,6 +153,7 @@ impl State {
     fn end(&mut self) {
         if let Some(stored) = self.stored.take() {
             self.ended = Some(stored.key);
+            self.ended_user = self.user.clone();
         }
         self.data.clear();
         self.user = None;
@@ -157,6 +165,12 @@ impl State {
     fn timeouts(&self, layer: &Timeouts) -> Timeouts {
         Lifetime::timeouts(self.lifetime, layer)
     }
+}
+
+/// The users a save's events name: the session's, and the destroyed one's.
+struct Users {
+    current: Option<String>,
+    ended: Option<String>,
 }
 
 /// How saving a session failed.
@@ -209,14 +223,18 @@ impl Session {
         from_cookie: Option<(SessionId, Option<Version>)>,
     ) -> Result<Self, StoreError> {
         let Some((id, seen)) = from_cookie else {
+            observe::no_session(&*store);
             return Ok(Self::new(store, config, State::new()));
         };
         let key = id.storage_key();
+        let watch = Watch::load(&*store, &config, &key);
         let record = bounded(
             &config,
             store.load_at_least(&key, seen.unwrap_or(Version::ZERO)),
         )
-        .await?;
+        .instrument(watch.span().clone())
+        .await
+        .inspect_err(|error| watch.failed(error))?;
         let now = SystemTime::now();
         let state = match record {
             Some(record) if record.expires_at > now => {
@@ -232,6 +250,11 @@ impl Session {
             }
             _ => State::new(),
         };
+        watch.loaded(if state.stored.is_some() {
+            LoadOutcome::Hit
+        } else {
+            LoadOutcome::Miss
+        });
         Ok(Self::new(store, config, state))
     }
 
@@ -461,7 +484,10 @@ impl Session {
         let Some(user) = self.user() else {
             return Ok(Vec::new());
         };
-        Ok(bounded(&self.shared.config, self.shared.store.user_sessions(&user)).await?)
+        let store = &*self.shared.store;
+        Ok(bounded(&self.shared.config, store.user_sessions(&user))
+            .await
+            .inspect_err(|error| observe::store_error(store, "user_sessions", error))?)
     }
 
     /// Logs this session's user out everywhere: deletes every session of the
@@ -474,11 +500,16 @@ impl Session {
         let Some(user) = self.user() else {
             return Ok(0);
         };
-        let deleted = bounded(
+        let store = &*self.shared.store;
+        let deleted = bounded(&self.shared.config, store.delete_user_sessions(&user))
+            .await
+            .inspect_err(|error| observe::store_error(store, "delete_user_sessions", error))?;
+        observe::emit(
             &self.shared.config,
-            self.shared.store.delete_user_sessions(&user),
-        )
-        .await?;
+            store,
+            SessionEventKind::LoggedOutEverywhere { sessions: deleted },
+            Some(user),
+        );
         self.destroy();
         Ok(deleted)
     }
@@ -503,6 +534,7 @@ impl Session {
         Some(Pending {
             stored: state.stored.clone(),
             ended: state.ended.take(),
+            ended_user: state.ended_user.take(),
             changes: std::mem::replace(&mut state.changes, ChangeSet::new(SystemTime::UNIX_EPOCH)),
             cycle: state.cycle,
             data,
@@ -516,13 +548,33 @@ impl Session {
     /// the `Set-Cookie` value to send, if any. Runs once, after the handler.
     pub(crate) async fn commit(&self) -> Result<Option<HeaderValue>, CommitError> {
         let config = &self.shared.config;
-        let Some(pending) = self.take_pending() else {
+        let Some(mut pending) = self.take_pending() else {
             return Ok(None);
         };
         let remembered = pending.lifetime;
+        let users = Users {
+            current: pending.user.clone(),
+            ended: pending.ended_user.take(),
+        };
         let plan = commit::plan(pending, SystemTime::now());
+        let Some(step) = plan.label() else {
+            return Ok(None);
+        };
+        let watch = Watch::save(&*self.shared.store, config, step, plan.key());
+        let span = watch.span().clone();
         // One deadline for all of the save's store calls.
-        deadline::within(config.store_timeout, self.execute(plan, remembered)).await
+        let saved = deadline::within(
+            config.store_timeout,
+            self.execute(plan, remembered, &users, &watch),
+        )
+        .instrument(span)
+        .await;
+        match &saved {
+            Ok(_) => watch.saved(false),
+            Err(CommitError::Gone) => watch.saved(true),
+            Err(CommitError::Store(error)) => watch.failed(error),
+        }
+        saved
     }
 
     /// Carries out a plan: the store calls and the cookie to send.
@@ -530,6 +582,8 @@ impl Session {
         &self,
         plan: commit::Plan,
         remembered: bool,
+        users: &Users,
+        watch: &Watch,
     ) -> Result<Option<HeaderValue>, CommitError> {
         let config = &self.shared.config;
         let store = &*self.shared.store;
@@ -540,9 +594,15 @@ impl Session {
             config.cookie.issue(id, version, expires_at, persistent)
         };
 
+        // Events go out only for what the store confirmed.
+        let emit = |kind, user: &Option<String>| observe::emit(config, store, kind, user.clone());
+
         let mut cookie = None;
         if let Some(key) = &plan.delete {
-            store.delete(key).await?;
+            if store.delete(key).await? {
+                let key = key.clone();
+                emit(SessionEventKind::Destroyed { key }, &users.ended);
+            }
             cookie = Some(config.cookie.removal());
         }
         match plan.step {
@@ -550,7 +610,10 @@ impl Session {
             Step::Create(record) => {
                 for _ in 0..CREATE_ATTEMPTS {
                     let id = SessionId::generate();
-                    if store.create(&id.storage_key(), &record).await? {
+                    let key = id.storage_key();
+                    if store.create(&key, &record).await? {
+                        watch.session(config, &key);
+                        emit(SessionEventKind::Created { key }, &record.user);
                         return Ok(Some(issue(&id, None, record.expires_at)));
                     }
                 }
@@ -558,13 +621,16 @@ impl Session {
             }
             Step::Rotate(stored, changes) => {
                 let id = SessionId::generate();
-                match store
-                    .rotate(&stored.key, &id.storage_key(), &changes)
-                    .await?
-                {
+                let key = id.storage_key();
+                match store.rotate(&stored.key, &key, &changes).await? {
                     // A fresh key: no copy of it is cached anywhere, so its
                     // first load needs no version to compare against.
-                    SaveOutcome::Applied => Ok(Some(issue(&id, None, changes.expires_at()))),
+                    SaveOutcome::Applied => {
+                        watch.session(config, &key);
+                        let from = stored.key.clone();
+                        emit(SessionEventKind::Rotated { from, to: key }, &users.current);
+                        Ok(Some(issue(&id, None, changes.expires_at())))
+                    }
                     SaveOutcome::Gone => Err(CommitError::Gone),
                 }
             }
@@ -591,7 +657,10 @@ impl Session {
                     ),
                     // Only the idle deadline was to move, and the session ended
                     // anyway: nothing the request did is lost.
-                    SaveOutcome::Gone => Ok(None),
+                    SaveOutcome::Gone => {
+                        watch.found_gone();
+                        Ok(None)
+                    }
                 }
             }
         }

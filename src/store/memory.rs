@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 
 use super::{ChangeSet, Record, SaveOutcome, SessionStore, SessionSummary, StoreError};
+use crate::events::{SessionEvent, SessionEventKind, SessionEvents};
 use crate::id::StorageKey;
 
 /// How often, at most, a write sweeps out every expired session.
@@ -23,6 +24,11 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// 30 seconds, so memory stays bounded by the sessions live in that window.
 /// Cloning is cheap and clones share the same sessions.
 ///
+/// With [`with_events`](Self::with_events), every session the sweep (or
+/// [`delete_expired`](Self::delete_expired)) removes is reported as
+/// [`Expired`](crate::SessionEventKind::Expired), with its user: exact, but as
+/// late as the next sweep.
+///
 /// # Examples
 /// ```
 /// use unstuck::{MemoryStore, SessionLayer};
@@ -33,6 +39,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
+    events: Option<SessionEvents>,
 }
 
 #[derive(Debug)]
@@ -58,9 +65,28 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// Reports the sessions the sweep removes to `events` (as
+    /// [`Expired`](crate::SessionEventKind::Expired)).
+    pub fn with_events(mut self, events: SessionEvents) -> Self {
+        self.events = Some(events);
+        self
+    }
+
     /// Removes every expired session now, and returns how many there were.
     pub fn delete_expired(&self) -> usize {
-        self.lock().sweep(SystemTime::now())
+        self.sweep(&mut self.lock(), SystemTime::now())
+    }
+
+    /// Sweeps out expired sessions, reporting them.
+    fn sweep(&self, inner: &mut Inner, now: SystemTime) -> usize {
+        let expired = inner.sweep(now);
+        if let Some(events) = &self.events {
+            for (key, record) in &expired {
+                let kind = SessionEventKind::Expired { key: key.clone() };
+                events.emit(SessionEvent::new(kind, record.user.clone(), "memory"));
+            }
+        }
+        expired.len()
     }
 
     /// The number of sessions held, counting expired ones not yet swept out.
@@ -89,7 +115,7 @@ impl MemoryStore {
             .duration_since(inner.last_sweep)
             .is_ok_and(|elapsed| elapsed >= SWEEP_EVERY)
         {
-            inner.sweep(now);
+            self.sweep(&mut inner, now);
         }
         inner
     }
@@ -104,7 +130,8 @@ impl Inner {
         self.sessions.get_mut(key).filter(|r| r.expires_at > now)
     }
 
-    fn sweep(&mut self, now: SystemTime) -> usize {
+    /// Removes the expired sessions and returns them.
+    fn sweep(&mut self, now: SystemTime) -> Vec<(StorageKey, Record)> {
         self.last_sweep = now;
         let expired: Vec<StorageKey> = self
             .sessions
@@ -112,10 +139,10 @@ impl Inner {
             .filter(|(_, r)| r.expires_at <= now)
             .map(|(k, _)| k.clone())
             .collect();
-        for key in &expired {
-            self.remove(key);
-        }
-        expired.len()
+        expired
+            .into_iter()
+            .filter_map(|key| self.remove(&key).map(|record| (key, record)))
+            .collect()
     }
 
     /// Removes a record (live or not) and its index entry; returns it.
@@ -164,6 +191,10 @@ impl Inner {
 
 #[async_trait]
 impl SessionStore for MemoryStore {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
     async fn load(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
         Ok(self.lock().live(key, SystemTime::now()).cloned())
     }

@@ -31,7 +31,7 @@ pub use self::near_cache::{Invalidations, NearCache, NearCacheStats, Trackable, 
 pub use self::postgres::{DEFAULT_TABLE, InvalidIdentifier, PostgresCleanup, PostgresStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use self::redis::{RedisChannel, RedisStore};
+pub use self::redis::{RedisChannel, RedisExpiryEvents, RedisStore};
 use crate::error::ConfigError;
 use crate::id::StorageKey;
 
@@ -289,6 +289,12 @@ impl SessionSummary {
 /// so a store can be chosen at run time.
 #[async_trait]
 pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
+    /// The kind of store, for metrics labels, spans and events: `memory`,
+    /// `redis`, `postgres`, `tower_sessions`; `custom` unless overridden.
+    fn name(&self) -> &'static str {
+        "custom"
+    }
+
     /// Loads a live session.
     ///
     /// # Errors
@@ -378,6 +384,9 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
 
 #[async_trait]
 impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
     async fn load(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
         (**self).load(key).await
     }

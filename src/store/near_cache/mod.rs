@@ -338,6 +338,10 @@ impl<S: Trackable> NearCache<S> {
 
 #[async_trait]
 impl<S: Trackable> SessionStore for NearCache<S> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
     async fn load(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
         self.load_at_least(key, Version::ZERO).await
     }
@@ -350,8 +354,10 @@ impl<S: Trackable> SessionStore for NearCache<S> {
         let channel = self.channel().await?;
         let ticket = {
             let mut cache = lock(&self.cache);
-            if let Some(record) = cache.lookup(key, seen, Instant::now(), SystemTime::now()) {
-                return Ok(Some(record));
+            let hit = cache.lookup(key, seen, Instant::now(), SystemTime::now());
+            crate::metrics::near_cache(self.inner.name(), hit.is_some());
+            if hit.is_some() {
+                return Ok(hit);
             }
             cache.ticket(key)
         };

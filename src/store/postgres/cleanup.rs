@@ -5,11 +5,24 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use sqlx::Row;
+
 use super::codec::{millis, store_error};
 use super::{MAX_BATCHES_PER_RUN, PostgresStore};
+use crate::events::{SessionEvent, SessionEventKind, SessionEvents};
+use crate::id::StorageKey;
 use crate::store::StoreError;
 
 impl PostgresStore {
+    /// Reports the sessions [`delete_expired`](Self::delete_expired) and the
+    /// cleanup task delete to `events`, as
+    /// [`Expired`](crate::SessionEventKind::Expired) with their user: exact,
+    /// but as late as the cleanup runs.
+    pub fn with_events(mut self, events: SessionEvents) -> Self {
+        self.events = Some(events);
+        self
+    }
+
     /// Deletes up to `batch_size` expired rows and returns how many it deleted.
     ///
     /// Rows that another caller is deleting at the same moment are skipped
@@ -21,13 +34,24 @@ impl PostgresStore {
     /// When the database cannot be reached or the delete fails.
     pub async fn delete_expired(&self, batch_size: u32) -> Result<u64, StoreError> {
         let sql = self.ready().await?;
-        let result = sqlx::query(sql.delete_expired.sql())
+        let rows = sqlx::query(sql.delete_expired.sql())
             .bind(millis(SystemTime::now()))
             .bind(i64::from(batch_size))
-            .execute(&self.pool)
+            .fetch_all(&self.pool)
             .await
             .map_err(store_error)?;
-        Ok(result.rows_affected())
+        if let Some(events) = &self.events {
+            for row in &rows {
+                let key: String = row.try_get(0).map_err(store_error)?;
+                let user: Option<String> = row.try_get(1).map_err(store_error)?;
+                // Rows written by anything else than this store are skipped.
+                if let Some(key) = StorageKey::parse(&key) {
+                    let kind = SessionEventKind::Expired { key };
+                    events.emit(SessionEvent::new(kind, user, "postgres"));
+                }
+            }
+        }
+        Ok(rows.len() as u64)
     }
 
     /// Starts a task that deletes expired rows every `interval`, in batches of

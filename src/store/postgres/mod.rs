@@ -18,6 +18,7 @@ use self::codec::{from_millis, millis, record_from_row, split_inserted, store_er
 pub use self::sql::InvalidIdentifier;
 use self::sql::{Statements, checked_identifier};
 use super::{ChangeSet, Record, SaveOutcome, SessionStore, SessionSummary, StoreError};
+use crate::events::SessionEvents;
 use crate::id::StorageKey;
 
 /// The table [`PostgresStore`] uses unless told otherwise.
@@ -100,6 +101,8 @@ const MIGRATION_LOCK_CLASS: i32 = 0x756e_7374;
 pub struct PostgresStore {
     pool: PgPool,
     inner: Arc<Inner>,
+    /// Where the cleanup reports the sessions it deletes.
+    events: Option<SessionEvents>,
 }
 
 struct Inner {
@@ -159,6 +162,7 @@ impl PostgresStore {
         Self {
             pool,
             inner: Arc::new(Inner::new(None, DEFAULT_TABLE.to_owned())),
+            events: None,
         }
     }
 
@@ -191,6 +195,7 @@ impl PostgresStore {
         Self {
             pool: self.pool,
             inner: Arc::new(Inner::new(schema, table)),
+            events: self.events,
         }
     }
 
@@ -249,6 +254,10 @@ impl PostgresStore {
 
 #[async_trait]
 impl SessionStore for PostgresStore {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
     async fn load(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
         let sql = self.ready().await?;
         let row = sqlx::query(sql.load.sql())

@@ -202,7 +202,8 @@ impl Statements {
                 "DELETE FROM {t} WHERE storage_key IN (\
                  SELECT storage_key FROM {t} WHERE expires_at_ms <= $1 \
                  LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                 AND expires_at_ms <= $1"
+                 AND expires_at_ms <= $1 \
+                 RETURNING storage_key, user_id"
             )),
         }
     }

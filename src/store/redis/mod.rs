@@ -5,6 +5,7 @@ mod codec;
 mod conn;
 mod errors;
 mod exec;
+mod expiry;
 mod index;
 mod scripts;
 mod sentinel_watch;
@@ -26,6 +27,7 @@ use self::codec::{
 };
 use self::conn::{Backend, Conn, Connections};
 use self::errors::{TimedOut, is_unavailable, map_pool_error, map_redis_error};
+pub use self::expiry::RedisExpiryEvents;
 pub use self::tracking::RedisChannel;
 
 use super::{
@@ -479,6 +481,10 @@ impl RedisStore {
 
 #[async_trait]
 impl SessionStore for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
     async fn load(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
         let fields: HashMap<String, String> = self
             .bounded(0, async {

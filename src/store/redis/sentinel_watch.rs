@@ -60,11 +60,11 @@ use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 /// How often the sentinels are asked where the primary is.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 /// First wait before resubscribing to a sentinel that went away.
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
+pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between resubscription attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How often a quiet subscription is checked with a `PING`.
-const KEEPALIVE: Duration = Duration::from_secs(5);
+pub(super) const KEEPALIVE: Duration = Duration::from_secs(5);
 /// Published by every sentinel when it adopts a switch.
 const SWITCH_MASTER: &str = "+switch-master";
 /// Published by the leading sentinel once the promoted replica is primary.
@@ -332,7 +332,7 @@ fn parse_announcement<'a>(channel: &str, payload: &'a str) -> Option<(&'a str, A
     Some((name, addr, channel == PROMOTING))
 }
 
-fn timeouts() -> AsyncConnectionConfig {
+pub(super) fn timeouts() -> AsyncConnectionConfig {
     AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(RESPONSE_TIMEOUT))

@@ -215,6 +215,10 @@ fn ours(theirs: &TheirRecord) -> Result<Record, StoreError> {
 
 #[async_trait]
 impl<T: TheirStore> SessionStore for TowerSessionsBackend<T> {
+    fn name(&self) -> &'static str {
+        "tower_sessions"
+    }
+
     async fn load(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
         self.load_live(&their_id(key)?).await
     }
