@@ -67,6 +67,9 @@ mod deadline;
 mod error;
 mod expiry;
 mod extract;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod id;
 mod key;
 mod layer;
@@ -76,6 +79,7 @@ pub mod store;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;
 mod time;
+mod transport;
 
 pub use crate::cookie::CookieProtection;
 pub use crate::error::{ConfigError, Error};
@@ -95,6 +99,7 @@ pub use crate::store::{InvalidIdentifier, PostgresCleanup, PostgresStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use crate::store::{RedisChannel, RedisStore};
+pub use crate::transport::{SessionTransport, TokenHeader};
 pub use ::cookie::SameSite;
 
 /// Compiles the README's Rust examples, so the front page cannot rot.
