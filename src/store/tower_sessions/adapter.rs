@@ -190,7 +190,9 @@ fn theirs(id: Id, record: &Record) -> Result<TheirRecord, StoreError> {
     Ok(TheirRecord {
         id,
         data: HashMap::from([(RECORD_KEY.to_owned(), stored)]),
-        expiry_date: OffsetDateTime::from(record.expires_at),
+        expiry_date: super::record::expiry_date(record.expires_at).ok_or_else(|| {
+            StoreError::backend("the session's expiry is beyond what tower-sessions can hold")
+        })?,
     })
 }
 
