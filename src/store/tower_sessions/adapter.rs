@@ -11,7 +11,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use time::OffsetDateTime;
 use tokio::sync::{Mutex, MutexGuard};
 use tower_sessions_core::session::{Id, Record as TheirRecord};
 use tower_sessions_core::session_store::{Error as TheirError, SessionStore as TheirStore};
