@@ -52,6 +52,8 @@
 //! - [`SessionStore`]: the trait stores implement, built around [`ChangeSet`]s;
 //!   [`MemoryStore`] is the embedded one.
 //! - [`Key`]: cookie keys, derived from secrets; several rotate.
+//! - [`SessionTransport`], [`TokenHeader`]: the session token in a header
+//!   (`Authorization: Bearer` or a named one) for API and mobile clients.
 //! - `store::tower_sessions` (features `tower-sessions`, `tower-sessions-014`):
 //!   our stores under tower-sessions' layer (and so axum-login), and
 //!   tower-sessions stores under ours.
