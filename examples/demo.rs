@@ -19,6 +19,7 @@
 //! | `UNSTUCK_COOKIE_SECURE` | `0` drops the `Secure` attribute for plain-HTTP testing | `1` |
 //! | `UNSTUCK_NEAR_CACHE` | `1` enables the near cache (Redis) | `0` |
 //! | `UNSTUCK_REPLICA_ACKS` | Redis: every session write waits (`WAIT`, up to 200 ms) for this many replicas and fails otherwise | `0` |
+//! | `UNSTUCK_SESSION_HEADER` | session token in a header instead of the cookie: `bearer` (`Authorization: Bearer`, new tokens in `X-Session-Token`) or a header name (both ways); append `,cookie` to keep the cookie for requests without the header | cookie only |
 //!
 //! Once listening it prints `listening on ADDR` on stdout.
 

@@ -7,10 +7,13 @@ use crate::cookie::CookieConfig;
 use crate::error::ConfigError;
 use crate::events::SessionEvents;
 use crate::expiry::Timeouts;
+use crate::transport::SessionTransport;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub cookie: CookieConfig,
+    /// Cookie, token header, or both.
+    pub transport: SessionTransport,
     pub timeouts: Timeouts,
     /// The longest any one store call may take before it counts as an outage.
     pub store_timeout: Duration,
@@ -27,6 +30,7 @@ impl Config {
     /// Every rule a layer's configuration must meet.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.cookie.validate()?;
+        self.transport.validate()?;
         let t = &self.timeouts;
         if t.idle.is_zero() {
             return Err(ConfigError::Zero("the idle timeout"));
@@ -69,6 +73,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             cookie: CookieConfig::default(),
+            transport: SessionTransport::default(),
             timeouts: Timeouts::default(),
             store_timeout: Duration::from_secs(5),
             generated_key: false,

@@ -128,17 +128,56 @@ impl CookieConfig {
             }
         }
         let cookie = found?;
+        self.open(&self.name, cookie.value())
+    }
+
+    /// The ID and version sealed in `value` under `name` (the MAC, or the
+    /// encryption's associated data, covers the name), trying every key.
+    /// `None` for anything that is not a value these keys sealed: too long,
+    /// tampered, sealed with another key or under another name, malformed.
+    pub fn open(&self, name: &str, value: &str) -> Option<(SessionId, Option<Version>)> {
+        if value.len() > MAX_VALUE_LEN {
+            return None;
+        }
+        let sealed = Cookie::new(name.to_owned(), value.to_owned());
         let jar = CookieJar::new();
         for key in &self.keys {
             let opened = match self.protection {
-                CookieProtection::Signed => jar.signed(&key.0).verify(cookie.clone()),
-                CookieProtection::Private => jar.private(&key.0).decrypt(cookie.clone()),
+                CookieProtection::Signed => jar.signed(&key.0).verify(sealed.clone()),
+                CookieProtection::Private => jar.private(&key.0).decrypt(sealed.clone()),
             };
             if let Some(opened) = opened {
                 return parse_value(opened.value());
             }
         }
         None
+    }
+
+    /// `id` and `version` sealed under `name` with the first key: what
+    /// [`open`](Self::open) accepts.
+    pub fn seal(&self, name: &str, id: &SessionId, version: Option<Version>) -> String {
+        let mut value = id.to_cookie_value();
+        if let Some(version) = version {
+            value.push(VERSION_SEPARATOR);
+            value.push_str(&version.get().to_string());
+        }
+        self.seal_text(name, value)
+    }
+
+    /// Any text sealed under `name` with the first key (the fuzz targets
+    /// seal arbitrary text, to reach what runs after a valid signature).
+    pub fn seal_text(&self, name: &str, text: String) -> String {
+        let mut jar = CookieJar::new();
+        let key = &self.keys[0].0;
+        let plain = Cookie::new(name.to_owned(), text);
+        match self.protection {
+            CookieProtection::Signed => jar.signed_mut(key).add(plain),
+            CookieProtection::Private => jar.private_mut(key).add(plain),
+        }
+        jar.get(name)
+            .expect("a cookie added to the jar is in the jar")
+            .value()
+            .to_owned()
     }
 
     /// The `Set-Cookie` value that hands `id` to the client, with the version
@@ -150,12 +189,7 @@ impl CookieConfig {
         expires_at: SystemTime,
         persistent: bool,
     ) -> HeaderValue {
-        let mut value = id.to_cookie_value();
-        if let Some(version) = version {
-            value.push(VERSION_SEPARATOR);
-            value.push_str(&version.get().to_string());
-        }
-        let mut cookie = self.base(value);
+        let mut cookie = self.base(self.seal(&self.name, id, version));
         if persistent {
             let remaining = expires_at
                 .duration_since(SystemTime::now())
@@ -164,16 +198,7 @@ impl CookieConfig {
                 i64::try_from(remaining.as_secs()).unwrap_or(i64::MAX),
             ));
         }
-        let mut jar = CookieJar::new();
-        let key = &self.keys[0].0;
-        match self.protection {
-            CookieProtection::Signed => jar.signed_mut(key).add(cookie),
-            CookieProtection::Private => jar.private_mut(key).add(cookie),
-        }
-        let sealed = jar
-            .get(&self.name)
-            .expect("a cookie added to the jar is in the jar");
-        header_value(sealed)
+        header_value(&cookie)
     }
 
     /// The `Set-Cookie` value that makes the client drop the cookie.

@@ -86,4 +86,8 @@ pub enum ConfigError {
     /// A store feature asked of a store that cannot provide it.
     #[error("{0}")]
     Unsupported(&'static str),
+    /// A session token header that would be mistaken for cookies or other
+    /// credentials.
+    #[error("invalid session token header: {0}")]
+    TokenHeader(String),
 }

@@ -11,6 +11,7 @@ use tokio::sync::OnceCell;
 use crate::config::Config;
 use crate::session::Session;
 use crate::store::{SessionStore, StoreError};
+use crate::transport::{Channel, Handout};
 
 /// What the layer leaves in each request's extensions: enough to load the
 /// session, which happens only if something extracts it. Even the cookie is
@@ -23,15 +24,20 @@ pub(crate) struct LazySession {
 struct LazyInner {
     store: Arc<dyn SessionStore>,
     config: Arc<Config>,
+    /// Whether the token travels in the cookie or the header, for reading it
+    /// and for handing out a new one.
+    channel: Channel,
     session: OnceCell<Session>,
 }
 
 impl LazySession {
-    pub fn new(store: Arc<dyn SessionStore>, config: Arc<Config>) -> Self {
+    pub fn new(store: Arc<dyn SessionStore>, config: Arc<Config>, headers: &HeaderMap) -> Self {
+        let channel = config.transport.channel(headers);
         Self {
             inner: Arc::new(LazyInner {
                 store,
                 config,
+                channel,
                 session: OnceCell::new(),
             }),
         }
@@ -44,8 +50,11 @@ impl LazySession {
         inner
             .session
             .get_or_try_init(|| {
-                let from_cookie = inner.config.cookie.read(headers);
-                Session::load(inner.store.clone(), inner.config.clone(), from_cookie)
+                let config = &inner.config;
+                let presented = config
+                    .transport
+                    .read(inner.channel, &config.cookie, headers);
+                Session::load(inner.store.clone(), inner.config.clone(), presented)
             })
             .await
             .cloned()
@@ -54,6 +63,15 @@ impl LazySession {
     /// The session, if the request loaded it.
     pub fn loaded(&self) -> Option<&Session> {
         self.inner.session.get()
+    }
+
+    /// Puts what a commit hands the client on the response, the way this
+    /// request's token travelled.
+    pub fn hand_out(&self, handout: Handout, headers: &mut HeaderMap) {
+        let config = &self.inner.config;
+        config
+            .transport
+            .hand_out(self.inner.channel, &config.cookie, handout, headers);
     }
 }
 

@@ -19,6 +19,7 @@ use crate::extract::LazySession;
 use crate::key::Key;
 use crate::session::CommitError;
 use crate::store::SessionStore;
+use crate::transport::SessionTransport;
 
 /// Adds sessions to a service: put it on a router, then take
 /// [`Session`](crate::Session) in handlers.
@@ -127,6 +128,26 @@ impl SessionLayer {
     /// Encrypts the cookie ([`CookieProtection::Private`]) instead of only signing it.
     pub fn with_protection(mut self, protection: CookieProtection) -> Self {
         self.config().cookie.protection = protection;
+        self
+    }
+
+    /// Where the session token travels: the cookie (the default), a header
+    /// for API and mobile clients, or both, each request answered the way it
+    /// came (see [`SessionTransport`]). Header tokens are sealed with the same
+    /// keys and protection as cookies, and expire, rotate and end the same way.
+    ///
+    /// # Examples
+    /// ```
+    /// use unstuck::{MemoryStore, SessionLayer, SessionTransport, TokenHeader};
+    ///
+    /// // `Authorization: Bearer <token>` in, `X-Session-Token: <token>` out;
+    /// // browsers keep using the cookie.
+    /// let layer = SessionLayer::new(MemoryStore::new())
+    ///     .with_transport(SessionTransport::Both(TokenHeader::bearer()));
+    /// assert!(layer.validate().is_ok());
+    /// ```
+    pub fn with_transport(mut self, transport: SessionTransport) -> Self {
+        self.config().transport = transport;
         self
     }
 
@@ -276,7 +297,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let lazy = LazySession::new(self.store.clone(), self.config.clone());
+        let lazy = LazySession::new(self.store.clone(), self.config.clone(), request.headers());
         request.extensions_mut().insert(lazy.clone());
 
         // The clone that was driven to readiness is the one that must be called.
@@ -289,11 +310,11 @@ where
             };
             match session.commit().await {
                 Ok(None) => {}
-                Ok(Some(cookie)) => {
+                Ok(Some(handout)) => {
                     let headers = response.headers_mut();
-                    headers.append(header::SET_COOKIE, cookie);
-                    // A response that sets a session cookie must never be cached
-                    // and replayed to someone else.
+                    lazy.hand_out(handout, headers);
+                    // A response that hands out a session token must never be
+                    // cached and replayed to someone else.
                     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 }
                 Err(error) => return Ok(failed_save(&error)),

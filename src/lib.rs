@@ -55,6 +55,8 @@
 //! - [`SessionEvents`]: lifecycle events (created, rotated, destroyed, logged
 //!   out everywhere, expired) for audit logs; [`metrics`]: counters and
 //!   histograms (feature `metrics`); `tracing` spans for every load and save.
+//! - [`SessionTransport`], [`TokenHeader`]: the session token in a header
+//!   (`Authorization: Bearer` or a named one) for API and mobile clients.
 //! - `store::tower_sessions` (features `tower-sessions`, `tower-sessions-014`):
 //!   our stores under tower-sessions' layer (and so axum-login), and
 //!   tower-sessions stores under ours.
@@ -71,6 +73,9 @@ mod error;
 mod events;
 mod expiry;
 mod extract;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod id;
 mod key;
 mod layer;
@@ -82,6 +87,7 @@ pub mod store;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;
 mod time;
+mod transport;
 
 pub use crate::cookie::CookieProtection;
 pub use crate::error::{ConfigError, Error};
@@ -104,6 +110,7 @@ pub use crate::store::{InvalidIdentifier, PostgresCleanup, PostgresStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use crate::store::{RedisChannel, RedisExpiryEvents, RedisStore};
+pub use crate::transport::{SessionTransport, TokenHeader};
 pub use ::cookie::SameSite;
 
 /// Compiles the README's Rust examples, so the front page cannot rot.

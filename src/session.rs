@@ -6,7 +6,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use http::HeaderValue;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
@@ -24,6 +23,7 @@ use crate::store::{
     ChangeSet, Data, Record, SaveOutcome, SessionStore, SessionSummary, StoreError, UserChange,
     Version,
 };
+use crate::transport::Handout;
 
 /// How many fresh IDs a new session tries before giving up. With 256-bit IDs a
 /// second try never happens in practice; the loop exists so that a store that
@@ -545,8 +545,8 @@ impl Session {
     }
 
     /// Saves what the request changed, as [`commit::plan`] decides. Returns
-    /// the `Set-Cookie` value to send, if any. Runs once, after the handler.
-    pub(crate) async fn commit(&self) -> Result<Option<HeaderValue>, CommitError> {
+    /// the token to hand out (or clear), if any. Runs once, after the handler.
+    pub(crate) async fn commit(&self) -> Result<Option<Handout>, CommitError> {
         let config = &self.shared.config;
         let Some(mut pending) = self.take_pending() else {
             return Ok(None);
@@ -577,36 +577,40 @@ impl Session {
         saved
     }
 
-    /// Carries out a plan: the store calls and the cookie to send.
+    /// Carries out a plan: the store calls and the token to hand out.
     async fn execute(
         &self,
         plan: commit::Plan,
         remembered: bool,
         users: &Users,
         watch: &Watch,
-    ) -> Result<Option<HeaderValue>, CommitError> {
+    ) -> Result<Option<Handout>, CommitError> {
         let config = &self.shared.config;
         let store = &*self.shared.store;
         // A session with a lifetime of its own keeps its cookie across
         // browser restarts.
         let persistent = config.cookie.persistent || remembered;
-        let issue = |id: &SessionId, version: Option<Version>, expires_at: SystemTime| {
-            config.cookie.issue(id, version, expires_at, persistent)
-        };
+        let issue =
+            |id: &SessionId, version: Option<Version>, expires_at: SystemTime| Handout::Issue {
+                id: id.clone(),
+                version,
+                expires_at,
+                persistent,
+            };
 
         // Events go out only for what the store confirmed.
         let emit = |kind, user: &Option<String>| observe::emit(config, store, kind, user.clone());
 
-        let mut cookie = None;
+        let mut handout = None;
         if let Some(key) = &plan.delete {
             if store.delete(key).await? {
                 let key = key.clone();
                 emit(SessionEventKind::Destroyed { key }, &users.ended);
             }
-            cookie = Some(config.cookie.removal());
+            handout = Some(Handout::Clear);
         }
         match plan.step {
-            Step::Nothing => Ok(cookie),
+            Step::Nothing => Ok(handout),
             Step::Create(record) => {
                 for _ in 0..CREATE_ATTEMPTS {
                     let id = SessionId::generate();

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use unstuck::{Key, MemoryStore, SessionLayer, SessionStore};
+use unstuck::{Key, MemoryStore, SessionLayer, SessionStore, SessionTransport, TokenHeader};
 
 const DEV_SECRET: &str = "unstuck demo secret: never use this one in production";
 
@@ -22,6 +22,7 @@ pub struct Settings {
     pub secure: bool,
     pub near_cache: bool,
     pub replica_acks: u32,
+    pub transport: SessionTransport,
 }
 
 impl Settings {
@@ -40,6 +41,7 @@ impl Settings {
             secure: true,
             near_cache: false,
             replica_acks: 0,
+            transport: SessionTransport::Cookie,
         };
         settings.listen = settings
             .var("UNSTUCK_LISTEN")
@@ -58,6 +60,9 @@ impl Settings {
                 format!("UNSTUCK_REPLICA_ACKS must be a whole number of replicas, got {text:?}")
             })?,
         };
+        if let Some(text) = settings.var("UNSTUCK_SESSION_HEADER") {
+            settings.transport = session_transport(&text)?;
+        }
         let (secrets, dev_secret) = match settings.var("UNSTUCK_SECRET") {
             Some(list) => (list.split(',').map(str::to_owned).collect(), false),
             None => (vec![DEV_SECRET.to_owned()], true),
@@ -120,7 +125,37 @@ impl Settings {
             .with_secure(self.secure)
             .with_idle_timeout(self.idle)
             .with_absolute_timeout(self.absolute)
+            .with_transport(self.transport.clone())
     }
+}
+
+/// `UNSTUCK_SESSION_HEADER`: `bearer` (`Authorization: Bearer`, new tokens in
+/// `X-Session-Token`) or a header name, header only; with `,cookie` appended,
+/// requests without the header use the cookie.
+fn session_transport(text: &str) -> Result<SessionTransport, String> {
+    let (header, with_cookie) = match text.strip_suffix(",cookie") {
+        Some(header) => (header.trim(), true),
+        None => (text, false),
+    };
+    let header = if header.eq_ignore_ascii_case("bearer") {
+        TokenHeader::bearer()
+    } else {
+        TokenHeader::named(header.parse().map_err(|_| {
+            format!("UNSTUCK_SESSION_HEADER must be `bearer` or a header name, got {header:?}")
+        })?)
+    };
+    let transport = if with_cookie {
+        SessionTransport::Both(header)
+    } else {
+        SessionTransport::Header(header)
+    };
+    // A header the layer refuses (Cookie, Authorization…) fails here, with
+    // the variable's name, rather than when the router is built.
+    SessionLayer::new(MemoryStore::new())
+        .with_transport(transport.clone())
+        .validate()
+        .map_err(|e| format!("UNSTUCK_SESSION_HEADER: {e}"))?;
+    Ok(transport)
 }
 
 /// Background work a store needs while the server runs (dropping it stops it).

@@ -16,6 +16,13 @@ mod redis;
     doc(cfg(any(feature = "tower-sessions", feature = "tower-sessions-014")))
 )]
 pub mod tower_sessions;
+/// Each store's decoders, for the fuzz targets (`crate::fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing {
+    pub(crate) use super::postgres::fuzzing as postgres;
+    pub(crate) use super::redis::fuzzing as redis;
+    pub(crate) use super::tower_sessions::fuzzing as tower_sessions;
+}
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;

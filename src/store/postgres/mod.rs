@@ -3,6 +3,22 @@
 mod cleanup;
 mod codec;
 mod sql;
+/// The decoders a load runs on a row's timestamps and `jsonb` text, for the
+/// fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing {
+    use std::time::SystemTime;
+
+    use crate::store::StoreError;
+
+    pub(crate) fn compact_json(text: &str) -> String {
+        super::codec::compact_json(text)
+    }
+
+    pub(crate) fn from_millis(ms: i64) -> Result<SystemTime, StoreError> {
+        super::codec::from_millis(ms)
+    }
+}
 
 use std::fmt;
 use std::sync::Arc;

@@ -11,6 +11,24 @@ mod scripts;
 mod sentinel_watch;
 mod tracking;
 mod url;
+/// The decoders a load runs on what Redis holds, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing {
+    use std::collections::HashMap;
+
+    use crate::id::StorageKey;
+    use crate::store::{Record, StoreError, Version};
+
+    pub(crate) fn decode_hash(
+        fields: HashMap<String, String>,
+    ) -> Result<(Record, Version), StoreError> {
+        super::codec::decode_versioned(fields)
+    }
+
+    pub(crate) fn storage_key_of(prefix: &str, redis_key: &[u8]) -> Option<StorageKey> {
+        super::codec::storage_key_of(prefix, redis_key)
+    }
+}
 
 use std::collections::HashMap;
 use std::fmt;

@@ -11,7 +11,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use time::OffsetDateTime;
 use tokio::sync::{Mutex, MutexGuard};
 use tower_sessions_core::session::{Id, Record as TheirRecord};
 use tower_sessions_core::session_store::{Error as TheirError, SessionStore as TheirStore};
@@ -190,7 +189,9 @@ fn theirs(id: Id, record: &Record) -> Result<TheirRecord, StoreError> {
     Ok(TheirRecord {
         id,
         data: HashMap::from([(RECORD_KEY.to_owned(), stored)]),
-        expiry_date: OffsetDateTime::from(record.expires_at),
+        expiry_date: super::record::expiry_date(record.expires_at).ok_or_else(|| {
+            StoreError::backend("the session's expiry is beyond what tower-sessions can hold")
+        })?,
     })
 }
 

@@ -68,6 +68,11 @@
 #[cfg(feature = "tower-sessions")]
 mod adapter;
 mod record;
+/// The tower-sessions record codec, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzzing {
+    pub(crate) use super::record::{DATA_KEY, parts};
+}
 #[cfg(feature = "tower-sessions-014")]
 pub mod v014;
 #[cfg(feature = "tower-sessions")]

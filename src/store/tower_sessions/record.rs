@@ -3,7 +3,7 @@
 //! their whole data map kept as one JSON value.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -66,6 +66,20 @@ pub(crate) enum NotTheirs {
     /// The data key does not hold a JSON object.
     #[error("the stored tower-sessions data does not decode: {0}")]
     Malformed(#[from] serde_json::Error),
+    /// The expiry lies outside what tower-sessions can represent (years
+    /// -9999 to 9999); only a damaged or forged record holds one.
+    #[error("the stored session's expiry is out of range")]
+    ExpiryOutOfRange,
+}
+
+/// `at` as tower-sessions' expiry date, or `None` outside its range
+/// (`OffsetDateTime::from` panics there).
+pub(crate) fn expiry_date(at: SystemTime) -> Option<OffsetDateTime> {
+    let nanos = match at.duration_since(UNIX_EPOCH) {
+        Ok(after) => i128::try_from(after.as_nanos()).ok()?,
+        Err(before) => -i128::try_from(before.duration().as_nanos()).ok()?,
+    };
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
 }
 
 /// The data map and expiry of a tower-sessions session kept in `record`.
@@ -74,7 +88,8 @@ pub(crate) fn parts(
 ) -> Result<(HashMap<String, Value>, OffsetDateTime), NotTheirs> {
     let json = record.data.get(DATA_KEY).ok_or(NotTheirs::Missing)?;
     let data = serde_json::from_str(json)?;
-    Ok((data, OffsetDateTime::from(record.expires_at)))
+    let expiry = expiry_date(record.expires_at).ok_or(NotTheirs::ExpiryOutOfRange)?;
+    Ok((data, expiry))
 }
 
 #[cfg(test)]
@@ -112,6 +127,24 @@ mod tests {
         replacement(&fewer, later).unwrap().apply_to(&mut changed);
         assert_eq!(parts(&changed).unwrap(), (fewer, later));
         assert_eq!(changed.created_at, record.created_at);
+    }
+
+    /// Found by the `tower_sessions_record` fuzz target: `OffsetDateTime::from`
+    /// panicked on a record expiring after the year 9999.
+    #[test]
+    fn an_expiry_past_the_year_9999_is_an_error_not_a_panic() {
+        let far = UNIX_EPOCH + std::time::Duration::from_secs(400_000_000_000);
+        let record = Record {
+            data: HashMap::from([(DATA_KEY.to_owned(), "{}".to_owned())]),
+            user: None,
+            created_at: UNIX_EPOCH,
+            expires_at: far,
+        };
+        assert!(matches!(parts(&record), Err(NotTheirs::ExpiryOutOfRange)));
+        let before = UNIX_EPOCH - std::time::Duration::from_secs(400_000_000_000);
+        assert_eq!(expiry_date(before), None);
+        let now = SystemTime::now();
+        assert_eq!(expiry_date(now), Some(OffsetDateTime::from(now)));
     }
 
     #[test]
