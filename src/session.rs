@@ -18,7 +18,7 @@ use crate::expiry::{Expiry, Timeouts};
 use crate::id::{SessionId, StorageKey};
 use crate::store::{
     ChangeSet, Data, Record, SaveOutcome, SessionStore, SessionSummary, StoreError, UserChange,
-    Version,
+    Version, data_bytes, entry_bytes,
 };
 
 /// How many fresh IDs a new session tries before giving up. With 256-bit IDs a
@@ -157,6 +157,15 @@ impl State {
     fn timeouts(&self, layer: &Timeouts) -> Timeouts {
         Lifetime::timeouts(self.lifetime, layer)
     }
+
+    /// The session's size as the store counts it: its data, and its lifetime
+    /// (kept with the data).
+    fn bytes(&self) -> usize {
+        let lifetime = self
+            .lifetime
+            .map_or(0, |lifetime| entry_bytes(LIFETIME_KEY, &lifetime.json()));
+        data_bytes(&self.data) + lifetime
+    }
 }
 
 /// How saving a session failed.
@@ -258,19 +267,36 @@ impl Session {
     /// key to the value it already holds writes nothing.
     ///
     /// # Errors
-    /// [`Error::Encode`] when `value` cannot be serialized to JSON.
+    /// [`Error::Encode`] when `value` cannot be serialized to JSON;
+    /// [`Error::ValueTooLarge`] or [`Error::TooLarge`] when the value, or the
+    /// session with it, would pass the layer's size limits. On error the
+    /// session is unchanged.
     pub fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), Error> {
         let json = serde_json::to_string(&value).map_err(|source| Error::Encode {
             key: key.to_owned(),
             source,
         })?;
+        let limits = &self.shared.config.limits;
+        let size = entry_bytes(key, &json);
+        if size > limits.value_bytes {
+            return Err(Error::ValueTooLarge {
+                key: key.to_owned(),
+                size,
+                limit: limits.value_bytes,
+            });
+        }
         let mut state = self.state();
-        if state
-            .data
-            .get(key)
-            .is_some_and(|held| same_json(held, &json))
-        {
+        let held = state.data.get(key);
+        if held.is_some_and(|held| same_json(held, &json)) {
             return Ok(());
+        }
+        let after = state.bytes() - held.map_or(0, |held| entry_bytes(key, held)) + size;
+        if after > limits.session_bytes {
+            return Err(Error::TooLarge {
+                key: key.to_owned(),
+                size: after,
+                limit: limits.session_bytes,
+            });
         }
         state.changes.insert(key, json.clone());
         state.data.insert(key.to_owned(), json);
@@ -500,6 +526,8 @@ impl Session {
         {
             data.insert(LIFETIME_KEY.to_owned(), lifetime.json());
         }
+        let cap = self.shared.config.limits.session_cap();
+        state.changes.cap_user_sessions(cap);
         Some(Pending {
             stored: state.stored.clone(),
             ended: state.ended.take(),
@@ -547,12 +575,38 @@ impl Session {
         }
         match plan.step {
             Step::Nothing => Ok(cookie),
-            Step::Create(record) => {
+            Step::Create(mut record) => {
+                // A new session that joins a capped user is created without
+                // its user, then attached to it by a save, which the store
+                // admits under the cap.
+                let capped = config.limits.session_cap();
+                let join = match capped {
+                    Some(_) => record.user.take(),
+                    None => None,
+                };
                 for _ in 0..CREATE_ATTEMPTS {
                     let id = SessionId::generate();
-                    if store.create(&id.storage_key(), &record).await? {
-                        return Ok(Some(issue(&id, None, record.expires_at)));
+                    let key = id.storage_key();
+                    if !store.create(&key, &record).await? {
+                        continue;
                     }
+                    if let Some(user) = join {
+                        let mut changes = ChangeSet::new(record.expires_at);
+                        changes
+                            .set_user(UserChange::Set(user))
+                            .cap_user_sessions(capped);
+                        let joined = store.save(&key, &changes).await;
+                        if !matches!(joined, Ok(SaveOutcome::Applied)) {
+                            // Refused, evicted meanwhile, or failed: the
+                            // anonymous copy must not outlive the login.
+                            let _ = store.delete(&key).await;
+                            return Err(match joined {
+                                Err(error) => error.into(),
+                                Ok(_) => CommitError::Gone,
+                            });
+                        }
+                    }
+                    return Ok(Some(issue(&id, None, record.expires_at)));
                 }
                 Err(StoreError::backend("no free session ID after several attempts").into())
             }
