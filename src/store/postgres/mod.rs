@@ -9,15 +9,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::OnceCell;
 
 pub use self::cleanup::PostgresCleanup;
-use self::codec::{from_millis, millis, record_from_row, split_inserted, store_error, user_mode};
+use self::codec::{
+    check_format, from_millis, millis, record_from_row, split_inserted, store_error, user_mode,
+};
 pub use self::sql::InvalidIdentifier;
 use self::sql::{Statements, checked_identifier};
-use super::{ChangeSet, Record, SaveOutcome, SessionStore, SessionSummary, StoreError};
+use super::{
+    ChangeSet, DEFAULT_MAX_SESSION_BYTES, Record, STORED_FORMAT, SaveOutcome, SessionCap,
+    SessionStore, SessionSummary, StoreError, UserChange, data_bytes,
+};
 use crate::id::StorageKey;
 
 /// The table [`PostgresStore`] uses unless told otherwise.
@@ -38,6 +43,24 @@ const MAX_BATCHES_PER_RUN: u32 = 1000;
 /// First half of the advisory lock taken while creating schema objects (the
 /// second half is a hash of the schema name): "unst" in ASCII.
 const MIGRATION_LOCK_CLASS: i32 = 0x756e_7374;
+
+/// First half of the advisory lock a login takes while it is admitted under a
+/// user's session cap (the second half is a hash of the user): "unca".
+const CAP_LOCK_CLASS: i32 = 0x756e_6361;
+
+/// How often a write whose refusal turned out to be a race (the row changed
+/// between the write and the look at why) is tried again.
+const WRITE_ATTEMPTS: usize = 3;
+
+/// Why a write changed no row.
+enum Refusal {
+    /// The session is gone.
+    Gone,
+    /// The row is now writable after all: a concurrent write changed it.
+    Retry,
+    /// Too large, or in a stored format this release does not write.
+    Error(StoreError),
+}
 
 /// Sessions in a PostgreSQL table, so that every instance of an application
 /// sees every session.
@@ -60,6 +83,21 @@ const MIGRATION_LOCK_CLASS: i32 = 0x756e_7374;
 /// | `user_id` | `text`, indexed | the session's user, for "log out everywhere" |
 /// | `created_at_ms` | `bigint` | Unix time in milliseconds |
 /// | `expires_at_ms` | `bigint`, indexed | Unix time in milliseconds |
+/// | `format` | `smallint` | stored format; `NULL` means 1 |
+///
+/// A session holds at most 64 KiB of keys and values unless
+/// [`with_max_session_bytes`](Self::with_max_session_bytes) says otherwise.
+/// Values count as `jsonb` prints them, so objects and arrays count a byte
+/// more per `,` and `:` than their compact JSON; each write checks the limit
+/// against the row as it is when the row is locked, so concurrent saves
+/// cannot pass it together. Tables created by earlier releases gain the
+/// `format` column on first use (a catalog-only change); their rows are
+/// format 1. Rows marked with a later format are neither read nor changed.
+///
+/// Under a [`SessionCap`], a login takes a transaction-scoped advisory lock
+/// on its user, counts the user's live sessions, and deletes the oldest (by
+/// creation) or refuses, in the transaction that writes the session: logins
+/// of one user queue on that lock across every instance.
 ///
 /// Expired rows are invisible at once. They stay in the table until deleted:
 /// run [`spawn_cleanup`](Self::spawn_cleanup) (or
@@ -100,6 +138,7 @@ const MIGRATION_LOCK_CLASS: i32 = 0x756e_7374;
 pub struct PostgresStore {
     pool: PgPool,
     inner: Arc<Inner>,
+    max_session_bytes: usize,
 }
 
 struct Inner {
@@ -159,7 +198,20 @@ impl PostgresStore {
         Self {
             pool,
             inner: Arc::new(Inner::new(None, DEFAULT_TABLE.to_owned())),
+            max_session_bytes: DEFAULT_MAX_SESSION_BYTES,
         }
+    }
+
+    /// The most bytes of keys and values one session may hold (default 64
+    /// KiB); writes that would pass it fail with [`StoreError::TooLarge`]
+    /// and write nothing.
+    pub fn with_max_session_bytes(mut self, bytes: usize) -> Self {
+        self.max_session_bytes = bytes;
+        self
+    }
+
+    fn limit(&self) -> i64 {
+        i64::try_from(self.max_session_bytes).unwrap_or(i64::MAX)
     }
 
     /// Keeps sessions in `table` instead of `unstuck_sessions`.
@@ -191,6 +243,7 @@ impl PostgresStore {
         Self {
             pool: self.pool,
             inner: Arc::new(Inner::new(schema, table)),
+            max_session_bytes: self.max_session_bytes,
         }
     }
 
@@ -245,6 +298,138 @@ impl PostgresStore {
             .await?;
         Ok(&self.inner.sql)
     }
+
+    /// Why a save or rotation of `key` with `changes` changed no row.
+    async fn refusal(
+        &self,
+        conn: &mut PgConnection,
+        key: &StorageKey,
+        changes: &ChangeSet,
+        now: i64,
+    ) -> Result<Refusal, StoreError> {
+        let (keys, values) = split_inserted(changes);
+        let removed: Vec<&str> = changes.removed().collect();
+        let row = sqlx::query(self.inner.sql.refusal.sql())
+            .bind(key.as_str())
+            .bind(now)
+            .bind(removed)
+            .bind(keys)
+            .bind(values)
+            .fetch_optional(conn)
+            .await
+            .map_err(store_error)?;
+        let Some(row) = row else {
+            return Ok(Refusal::Gone);
+        };
+        let format: i32 = row.try_get("format").map_err(StoreError::backend)?;
+        let size: i64 = row.try_get("size").map_err(StoreError::backend)?;
+        Ok(if format != 1 {
+            Refusal::Error(StoreError::UnsupportedFormat {
+                found: u32::try_from(format).unwrap_or(u32::MAX),
+                supported: STORED_FORMAT,
+            })
+        } else if changes.sets_values() && size > self.limit() {
+            Refusal::Error(StoreError::TooLarge {
+                size: usize::try_from(size).unwrap_or(usize::MAX),
+                limit: self.max_session_bytes,
+            })
+        } else {
+            Refusal::Retry
+        })
+    }
+
+    /// Admits a session joining `user` under `cap`, in the caller's
+    /// transaction: waits for the user's admission lock, counts their live
+    /// sessions other than `joining`, and deletes the oldest or refuses.
+    async fn admit(
+        &self,
+        tx: &mut PgConnection,
+        user: &str,
+        cap: SessionCap,
+        joining: &[&str],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let sql = &self.inner.sql;
+        sqlx::query(sql.cap_lock.sql())
+            .bind(CAP_LOCK_CLASS)
+            .bind(user)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        let held: Vec<String> = sqlx::query_scalar(sql.cap_held.sql())
+            .bind(user)
+            .bind(now)
+            .bind(joining)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        let evict = cap.to_evict(held.len())?;
+        if evict > 0 {
+            sqlx::query(sql.cap_evict.sql())
+                .bind(&held[..evict])
+                .bind(user)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(())
+    }
+
+    /// Runs a save on `conn`, telling a refusal from a session that is gone.
+    async fn save_on(
+        &self,
+        conn: &mut PgConnection,
+        key: &StorageKey,
+        changes: &ChangeSet,
+        now: i64,
+    ) -> Result<SaveOutcome, StoreError> {
+        let sql = &self.inner.sql;
+        for _ in 0..WRITE_ATTEMPTS {
+            let query = if changes.is_touch_only() {
+                sqlx::query(sql.touch.sql())
+                    .bind(key.as_str())
+                    .bind(millis(changes.expires_at()))
+                    .bind(now)
+            } else {
+                let (keys, values) = split_inserted(changes);
+                let removed: Vec<&str> = changes.removed().collect();
+                let (mode, user) = user_mode(changes.user());
+                sqlx::query(sql.save.sql())
+                    .bind(key.as_str())
+                    .bind(removed)
+                    .bind(keys)
+                    .bind(values)
+                    .bind(mode)
+                    .bind(user)
+                    .bind(millis(changes.expires_at()))
+                    .bind(now)
+                    .bind(self.limit())
+            };
+            let result = query.execute(&mut *conn).await.map_err(store_error)?;
+            if result.rows_affected() == 1 {
+                return Ok(SaveOutcome::Applied);
+            }
+            if changes.is_touch_only() {
+                return Ok(SaveOutcome::Gone);
+            }
+            match self.refusal(conn, key, changes, now).await? {
+                Refusal::Gone => return Ok(SaveOutcome::Gone),
+                Refusal::Error(error) => return Err(error),
+                Refusal::Retry => {}
+            }
+        }
+        Err(StoreError::backend(
+            "the session kept changing under the save; try again",
+        ))
+    }
+}
+
+/// The user a change set attaches the session to under a cap, if any.
+fn capped_join(changes: &ChangeSet) -> Option<(&str, SessionCap)> {
+    match (changes.user(), changes.user_cap()) {
+        (UserChange::Set(user), Some(cap)) => Some((user.as_str(), cap)),
+        _ => None,
+    }
 }
 
 #[async_trait]
@@ -257,13 +442,21 @@ impl SessionStore for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(store_error)?;
-        row.as_ref()
-            .map(record_from_row)
-            .transpose()
-            .map_err(StoreError::backend)
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        check_format(&row)?;
+        record_from_row(&row).map(Some).map_err(StoreError::backend)
     }
 
     async fn create(&self, key: &StorageKey, record: &Record) -> Result<bool, StoreError> {
+        let size = data_bytes(&record.data);
+        if size > self.max_session_bytes {
+            return Err(StoreError::TooLarge {
+                size,
+                limit: self.max_session_bytes,
+            });
+        }
         let sql = self.ready().await?;
         let (keys, values): (Vec<&str>, Vec<&str>) = record
             .data
@@ -285,33 +478,21 @@ impl SessionStore for PostgresStore {
     }
 
     async fn save(&self, key: &StorageKey, changes: &ChangeSet) -> Result<SaveOutcome, StoreError> {
-        let sql = self.ready().await?;
+        self.ready().await?;
         let now = millis(SystemTime::now());
-        let query = if changes.is_touch_only() {
-            sqlx::query(sql.touch.sql())
-                .bind(key.as_str())
-                .bind(millis(changes.expires_at()))
-                .bind(now)
-        } else {
-            let (keys, values) = split_inserted(changes);
-            let removed: Vec<&str> = changes.removed().collect();
-            let (mode, user) = user_mode(changes.user());
-            sqlx::query(sql.save.sql())
-                .bind(key.as_str())
-                .bind(removed)
-                .bind(keys)
-                .bind(values)
-                .bind(mode)
-                .bind(user)
-                .bind(millis(changes.expires_at()))
-                .bind(now)
+        let Some((user, cap)) = capped_join(changes) else {
+            let mut conn = self.pool.acquire().await.map_err(store_error)?;
+            return self.save_on(&mut conn, key, changes, now).await;
         };
-        let result = query.execute(&self.pool).await.map_err(store_error)?;
-        Ok(if result.rows_affected() == 1 {
-            SaveOutcome::Applied
-        } else {
-            SaveOutcome::Gone
-        })
+        // A login under a cap: admission and save in one transaction, so a
+        // refused save also undoes the evictions.
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        self.admit(&mut tx, user, cap, &[key.as_str()], now).await?;
+        let outcome = self.save_on(&mut tx, key, changes, now).await?;
+        if outcome == SaveOutcome::Applied {
+            tx.commit().await.map_err(store_error)?;
+        }
+        Ok(outcome)
     }
 
     async fn rotate(
@@ -334,6 +515,10 @@ impl SessionStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
+        if let Some((user, cap)) = capped_join(changes) {
+            self.admit(&mut tx, user, cap, &[from.as_str(), to.as_str()], now)
+                .await?;
+        }
         let moved = sqlx::query(sql.rotate.sql())
             .bind(from.as_str())
             .bind(now)
@@ -344,6 +529,7 @@ impl SessionStore for PostgresStore {
             .bind(mode)
             .bind(user)
             .bind(millis(changes.expires_at()))
+            .bind(self.limit())
             .execute(&mut *tx)
             .await
             .map_err(|error| {
@@ -356,12 +542,17 @@ impl SessionStore for PostgresStore {
                     store_error(error)
                 }
             })?;
+        if moved.rows_affected() == 0 {
+            // Rolled back with the transaction: nothing moved, nobody evicted.
+            return match self.refusal(&mut tx, from, changes, now).await? {
+                Refusal::Error(error) => Err(error),
+                // Changed under the rotation: the caller sees it as gone
+                // rather than retrying a login blind.
+                Refusal::Gone | Refusal::Retry => Ok(SaveOutcome::Gone),
+            };
+        }
         tx.commit().await.map_err(store_error)?;
-        Ok(if moved.rows_affected() == 1 {
-            SaveOutcome::Applied
-        } else {
-            SaveOutcome::Gone
-        })
+        Ok(SaveOutcome::Applied)
     }
 
     async fn delete(&self, key: &StorageKey) -> Result<bool, StoreError> {
