@@ -19,6 +19,9 @@
 //! | `UNSTUCK_COOKIE_SECURE` | `0` drops the `Secure` attribute for plain-HTTP testing | `1` |
 //! | `UNSTUCK_NEAR_CACHE` | `1` enables the near cache (Redis) | `0` |
 //! | `UNSTUCK_REPLICA_ACKS` | Redis: every session write waits (`WAIT`, up to 200 ms) for this many replicas and fails otherwise | `0` |
+//! | `UNSTUCK_MAX_SESSION_BYTES` | the most a session may hold (keys and JSON text), in the layer and the store; a `PUT /kv` beyond it answers `413` and changes nothing | 65536 |
+//! | `UNSTUCK_MAX_SESSIONS_PER_USER` | cap on a user's live sessions | none |
+//! | `UNSTUCK_SESSION_CAP_POLICY` | `evict-oldest`: a login beyond the cap ends the user's oldest sessions; `refuse`: it answers `409` | `evict-oldest` |
 //!
 //! Once listening it prints `listening on ADDR` on stdout.
 
@@ -92,7 +95,17 @@ async fn put_value(
             json!({"error": "the body must be JSON"}),
         ));
     };
-    session.insert(&key, &value)?;
+    match session.insert(&key, &value) {
+        Ok(()) => {}
+        // Past the session's size limit: nothing changed.
+        Err(error) if error.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Ok(me.reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": error.to_string()}),
+            ));
+        }
+        Err(error) => return Err(error),
+    }
     if let Some(ms) = delay.delay_ms {
         // Bounded, so a typo cannot park a request for hours.
         tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
