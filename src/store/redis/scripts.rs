@@ -198,14 +198,17 @@ return {1, user}
     )
 });
 
-/// Trims expired entries and keeps the index key's own TTL at its latest
-/// member's expiry, so an index can never outlive its sessions (the unbounded
-/// growth Spring Session's Redis index is known for).
-const INDEX_TAIL: &str = r"
+/// Trims the index's expired entries (`ARGV[1]` is now).
+const INDEX_TRIM: &str = r"
 redis.call('ZREMRANGEBYSCORE', idx, '-inf', ARGV[1])
+";
+
+/// Keeps the index key's own TTL at its latest member's expiry, so an index
+/// can never outlive its sessions (the unbounded growth Spring Session's Redis
+/// index is known for).
+const INDEX_EXPIRY: &str = r"
 local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
 if #top > 0 then redis.call('PEXPIREAT', idx, top[2]) end
-return #top
 ";
 
 /// `KEYS[1]` user index (sorted set: storage key → expiry ms); `ARGV[1]` now
@@ -215,7 +218,7 @@ pub(super) static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| {
         "
 local idx = KEYS[1]
 if tonumber(ARGV[2]) > tonumber(ARGV[1]) then redis.call('ZADD', idx, ARGV[2], ARGV[3]) end
-{INDEX_TAIL}"
+{INDEX_TRIM}{INDEX_EXPIRY}return #top"
     ))
 });
 
@@ -232,7 +235,7 @@ pub(super) static INDEX_ADMIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "
 local idx = KEYS[1]
-redis.call('ZREMRANGEBYSCORE', idx, '-inf', ARGV[1])
+{INDEX_TRIM}
 local others = {{}}
 for _, m in ipairs(redis.call('ZRANGE', idx, 0, -1)) do
   if m ~= ARGV[3] and m ~= ARGV[4] then others[#others + 1] = m end
@@ -247,8 +250,7 @@ if #others >= max then
   end
 end
 if tonumber(ARGV[2]) > tonumber(ARGV[1]) then redis.call('ZADD', idx, ARGV[2], ARGV[3]) end
-local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
-if #top > 0 then redis.call('PEXPIREAT', idx, top[2]) end
+{INDEX_EXPIRY}
 return reply
 "
     ))
@@ -260,6 +262,6 @@ pub(super) static INDEX_REMOVE: LazyLock<Script> = LazyLock::new(|| {
         "{HELPERS}
 local idx = KEYS[1]
 each_chunk(2, #ARGV, 1000, function(i, j) redis.call('ZREM', idx, unpack(ARGV, i, j)) end)
-{INDEX_TAIL}"
+{INDEX_TRIM}{INDEX_EXPIRY}return #top"
     ))
 });
