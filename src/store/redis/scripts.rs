@@ -95,9 +95,13 @@ return 1
 /// `{2, size, limit}`; a hash in a stored format other than 1 (`m:fmt`) is not
 /// touched and gives `{3, format}`.
 ///
-/// Beyond a plain write, a save costs one `HMGET` of four fields (where one
-/// `HGET` was), one `HSTRLEN` per changed field, and the `m:sz` field in the
-/// `HSET` it already made; a touch only re-stamps `m:sz`.
+/// Beyond a plain write, a save costs one `HSTRLEN` per changed field, the
+/// `m:sz` field in the `HSET` it already made, and some Lua; the metadata
+/// comes in one `HMGET` that also tells whether the session exists (where an
+/// `EXISTS` and an `HGET` were). A touch only re-stamps `m:sz`. Measured with
+/// `redis-benchmark` and `INFO commandstats` on a loaded 2-core machine, the
+/// server time of a save setting one value in a ten-field session went from
+/// 6.7 to 9.7 µs (best of six runs of 30 000).
 ///
 /// The final read of `m:v` also makes Redis track the key again for the calling
 /// connection: a write drops a key from Redis's tracking table, even for the
@@ -107,17 +111,18 @@ pub(super) static SAVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{HELPERS}{SIZE_HELPERS}
 local key = KEYS[1]
-if redis.call('EXISTS', key) == 0 then return {{0, false, false}} end
-local meta = redis.call('HMGET', key, 'm:user', 'm:v', 'm:sz', 'm:fmt')
-if meta[4] and meta[4] ~= '1' then return {{3, meta[4]}} end
-local previous = meta[1]
+-- Every session hash has `m:created`: without it the session is gone.
+local meta = redis.call('HMGET', key, 'm:created', 'm:user', 'm:v', 'm:sz', 'm:fmt')
+if not meta[1] then return {{0, false, false}} end
+if meta[5] and meta[5] ~= '1' then return {{3, meta[5]}} end
+local previous = meta[2]
 local removed_last = 6 + tonumber(ARGV[6])
 local size = nil
 if removed_last >= 7 or removed_last < #ARGV then
-  size = size_after(key, meta[2], meta[3], 7, removed_last)
+  size = size_after(key, meta[3], meta[4], 7, removed_last)
   if removed_last < #ARGV and size > tonumber(ARGV[5]) then return {{2, size, ARGV[5]}} end
 else
-  size = counted(meta[2], meta[3])
+  size = counted(meta[3], meta[4])
 end
 each_chunk(7, removed_last, 1000, function(i, j) redis.call('HDEL', key, unpack(ARGV, i, j)) end)
 each_chunk(removed_last + 1, #ARGV, 1000, function(i, j) redis.call('HSET', key, unpack(ARGV, i, j)) end)
