@@ -689,7 +689,81 @@ pub(crate) async fn bounded<T>(
 
 #[cfg(test)]
 mod tests {
-    use super::same_json;
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn limited(session_bytes: usize, value_bytes: usize) -> Session {
+        let mut config = Config::default();
+        config.limits.session_bytes = session_bytes;
+        config.limits.value_bytes = value_bytes;
+        Session::new(Arc::new(MemoryStore::new()), Arc::new(config), State::new())
+    }
+
+    #[test]
+    fn inserts_past_the_size_limits_are_refused_and_change_nothing() {
+        let session = limited(40, 20);
+        session.insert("a", "0123456789").unwrap(); // 1 + 12 bytes
+        assert!(matches!(
+            session.insert("b", "x".repeat(18)),
+            Err(Error::ValueTooLarge {
+                size: 21,
+                limit: 20,
+                ..
+            })
+        ));
+        session.insert("b", "x".repeat(14)).unwrap(); // 1 + 16: 30 in all
+        let refused = session.insert("c", "x".repeat(8));
+        assert!(
+            matches!(&refused, Err(Error::TooLarge { size: 41, limit: 40, key }) if key == "c"),
+            "{refused:?}"
+        );
+        assert_eq!(
+            refused.unwrap_err().status(),
+            http::StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(session.get::<String>("c").unwrap(), None);
+        assert_eq!(session.keys().len(), 2);
+        // Replacing a value counts the new one instead of the old.
+        session.insert("b", "y".repeat(16)).unwrap(); // 1 + 18: 32 in all
+        let pending = session.take_pending().unwrap();
+        let keys: Vec<&str> = pending.data.keys().map(String::as_str).collect();
+        assert_eq!(keys.len(), 2, "only accepted inserts are saved: {keys:?}");
+    }
+
+    #[test]
+    fn a_session_s_own_lifetime_counts_toward_its_size() {
+        let own = Lifetime {
+            idle_secs: 60,
+            absolute_secs: 60,
+        };
+        let lifetime = entry_bytes(LIFETIME_KEY, &own.json());
+        let session = limited(lifetime + 2, 100);
+        session.set_lifetime(Duration::from_secs(60), Duration::from_secs(60));
+        assert!(matches!(
+            session.insert("a", 12),
+            Err(Error::TooLarge { .. })
+        ));
+        session.insert("a", 1).unwrap();
+    }
+
+    #[test]
+    fn zero_limits_are_configuration_errors() {
+        use crate::{CapPolicy, ConfigError, SessionLayer};
+        let layer = || SessionLayer::new(MemoryStore::new());
+        for bad in [
+            layer().with_max_session_bytes(0),
+            layer().with_max_value_bytes(0),
+            layer().with_max_sessions_per_user(0, CapPolicy::EvictOldest),
+        ] {
+            assert!(matches!(bad.validate(), Err(ConfigError::ZeroLimit(_))));
+        }
+        assert!(
+            layer()
+                .with_max_sessions_per_user(3, CapPolicy::Refuse)
+                .validate()
+                .is_ok()
+        );
+    }
 
     #[test]
     fn json_texts_compare_by_value() {
