@@ -11,23 +11,10 @@ async fn a_row_rewritten_raw_in_todays_format_works_through_the_demo() {
     use sqlx::Row as _;
     let url = common::postgres_server::shared().url.clone();
     let demo = common::demo::Demo::start(&[("UNSTUCK_STORE", &url)]);
-    let mut client = demo.client();
-    let user = format!("fmt-{}", common::postgres_server::random_tag());
-    client
-        .post("/login", Some(serde_json::json!({"user": user})))
-        .await;
-    assert_eq!(
-        client
-            .put("/kv/note", serde_json::json!({"a": [1, 2]}))
-            .await
-            .status,
-        200
-    );
-    let listed = client.get("/sessions").await;
-    let key = listed.body["sessions"][0]["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (mut client, key) =
+        common::demo_contract::logged_in_with_a_value(&demo, serde_json::json!({"a": [1, 2]}))
+            .await;
+    let user = client.get("/me").await.body["user"].clone();
 
     // Replace the row by one written as releases before formats wrote it:
     // their columns only (`format` stays NULL).
@@ -60,7 +47,7 @@ async fn a_row_rewritten_raw_in_todays_format_works_through_the_demo() {
         session.body["data"]["note"],
         serde_json::json!({"a": [1, 2]})
     );
-    assert_eq!(session.body["user"], serde_json::json!(user));
+    assert_eq!(session.body["user"], user);
     assert_eq!(
         client.put("/kv/more", serde_json::json!(1)).await.status,
         200

@@ -135,29 +135,10 @@ async fn soak_of_concurrent_clients_across_instances_loses_nothing() {
     );
 }
 
-/// Logs a client in as a fresh user, stores a value, and returns the client
-/// and the Redis key of its session hash (default prefix).
+/// A logged-in client and the Redis key of its session hash (default prefix).
 async fn session_with_hash(demo: &Demo) -> (common::demo::Client, String) {
-    let mut client = demo.client();
-    let user = format!(
-        "fmt-{}",
-        &unstuck::SessionId::generate().storage_key().as_str()[..8]
-    );
-    client
-        .post("/login", Some(serde_json::json!({"user": user})))
-        .await;
-    assert_eq!(
-        client
-            .put("/kv/note", serde_json::json!("kept"))
-            .await
-            .status,
-        200
-    );
-    let listed = client.get("/sessions").await;
-    let key = listed.body["sessions"][0]["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (client, key) =
+        common::demo_contract::logged_in_with_a_value(demo, serde_json::json!("kept")).await;
     (client, format!("unstuck:{{{key}}}"))
 }
 

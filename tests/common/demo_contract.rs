@@ -624,6 +624,20 @@ pub async fn racing_logins_on_two_instances_never_pass_the_user_cap(store: &str)
     );
 }
 
+/// Logs a new client in as a fresh user and stores `value` under `note`;
+/// returns the client and its session's storage key (from `GET /sessions`),
+/// for tests that look at the record in the store.
+#[allow(dead_code)] // used by the store-specific demo tests
+pub async fn logged_in_with_a_value(demo: &Demo, value: serde_json::Value) -> (Client, String) {
+    let mut client = demo.client();
+    let user = format!("fmt-{}", rand_tag());
+    client.post("/login", Some(json!({"user": user}))).await;
+    assert_eq!(client.put("/kv/note", value).await.status, 200);
+    let listed = client.get("/sessions").await;
+    let key = listed.body["sessions"][0]["key"].as_str().unwrap();
+    (client, key.to_owned())
+}
+
 fn rand_tag() -> String {
     unstuck::SessionId::generate().storage_key().as_str()[..8].to_owned()
 }
