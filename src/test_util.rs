@@ -655,8 +655,13 @@ pub async fn logins_beyond_a_refusing_cap_are_refused_and_change_nothing(store: 
     );
     assert_eq!(load(&store, &to).await, None);
     assert_eq!(listed(&store, &alice).await, vec![first.clone()]);
-    // Once the first session ends, the login goes through.
+    // Once the first session ends, the login goes through; a login refused
+    // for its size first leaves nothing behind that would count against the
+    // cap.
     assert!(store.delete(&first).await.unwrap());
+    let mut oversized = login(&alice, refuse);
+    oversized.insert("big", sized("big", DEFAULT_MAX_SESSION_BYTES + 1));
+    assert_too_large(store.save(&key, &oversized).await, "an oversized login");
     assert_eq!(
         store.save(&key, &login(&alice, refuse)).await.unwrap(),
         SaveOutcome::Applied

@@ -439,11 +439,21 @@ impl RedisStore {
                 (Ok(reply), _) => reply,
                 (Err(error), None) => return Err(error),
                 (Err(error), Some(user)) => {
-                    // Refused (size, format) or failed: the entry just made
-                    // must not count against the user's cap.
-                    if !matches!(error, StoreError::Unavailable(_)) {
+                    // Refused, so certainly not written: the entry just made
+                    // must not count against the user's cap, unless the
+                    // session was that user's already. (After any other
+                    // failure the write may have happened: the entry stays.)
+                    if matches!(
+                        error,
+                        StoreError::TooLarge { .. } | StoreError::UnsupportedFormat { .. }
+                    ) {
                         let conn = self.lazy_conn(&mut pool).await?;
-                        self.index_remove(conn, user, &[key]).await?;
+                        let owner: Option<String> = conn
+                            .query(redis::cmd("HGET").arg(&redis_key).arg(USER))
+                            .await?;
+                        if owner.as_deref() != Some(user.as_str()) {
+                            self.index_remove(conn, user, &[key]).await?;
+                        }
                     }
                     return Err(error);
                 }
