@@ -659,9 +659,10 @@ pub async fn logins_beyond_a_refusing_cap_are_refused_and_change_nothing(store: 
     // for its size first leaves nothing behind that would count against the
     // cap.
     assert!(store.delete(&first).await.unwrap());
+    let other = created(&store, &record(&[], None, LONG)).await;
     let mut oversized = login(&alice, refuse);
     oversized.insert("big", sized("big", DEFAULT_MAX_SESSION_BYTES + 1));
-    assert_too_large(store.save(&key, &oversized).await, "an oversized login");
+    assert_too_large(store.save(&other, &oversized).await, "an oversized login");
     assert_eq!(
         store.save(&key, &login(&alice, refuse)).await.unwrap(),
         SaveOutcome::Applied
