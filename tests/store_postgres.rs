@@ -627,3 +627,27 @@ async fn a_row_in_a_newer_format_is_refused_and_left_as_it_is() {
     assert_eq!(after, before, "the newer row was changed");
     assert!(store.delete(&key).await.unwrap(), "logging out still works");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_an_up_to_date_table_does_not_wait_for_its_readers() {
+    let name = format!("t_{}", random_tag());
+    let store = postgres_server::store().await.with_table(&name).unwrap();
+    store.migrate().await.unwrap();
+    let table = postgres_server::qualified_table(&shared().schema, &name);
+    // What every load holds while it runs: it conflicts only with the
+    // exclusive lock an `ALTER TABLE` takes.
+    let mut reader = store.pool().begin().await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "LOCK TABLE {table} IN ACCESS SHARE MODE"
+    )))
+    .execute(&mut *reader)
+    .await
+    .unwrap();
+    // Another instance starting up migrates the same table.
+    let starting = postgres_server::store().await.with_table(&name).unwrap();
+    let migrated = tokio::time::timeout(Duration::from_secs(10), starting.migrate()).await;
+    reader.rollback().await.unwrap();
+    migrated
+        .expect("migrate waited for a reader: it locked the table exclusively")
+        .unwrap();
+}

@@ -147,6 +147,24 @@ impl Statements {
             )
             .into(),
         );
+        // The stored format: NULL is format 1, so rows written before the
+        // column existed, and by releases that do not write it, are format 1
+        // as they stand. Adding a nullable column rewrites nothing, but
+        // `ALTER TABLE` takes the table's strongest lock even when the column
+        // exists (stalling every session write while it waits): so it runs
+        // only when the catalog says the column is missing, and before the
+        // `CREATE INDEX`es, whose share lock it would otherwise have to
+        // upgrade (a deadlock with a login transaction upgrading its own).
+        migrate.push(
+            format!(
+                "DO $$ BEGIN \
+                 IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{t}'::regclass \
+                 AND attname = 'format' AND NOT attisdropped) THEN \
+                 ALTER TABLE {t} ADD COLUMN format smallint; \
+                 END IF; END $$"
+            )
+            .into(),
+        );
         migrate.push(
             format!(
                 "CREATE INDEX IF NOT EXISTS {user_index} ON {t} (user_id) WHERE user_id IS NOT NULL"
@@ -156,10 +174,6 @@ impl Statements {
         migrate.push(
             format!("CREATE INDEX IF NOT EXISTS {expiry_index} ON {t} (expires_at_ms)").into(),
         );
-        // The stored format: NULL is format 1, so rows written before the
-        // column existed, and by releases that do not write it, are format 1
-        // as they stand. Adding a nullable column rewrites nothing.
-        migrate.push(format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS format smallint").into());
 
         Self {
             migrate,
