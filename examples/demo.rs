@@ -20,6 +20,9 @@
 //! | `UNSTUCK_NEAR_CACHE` | `1` enables the near cache (Redis) | `0` |
 //! | `UNSTUCK_REPLICA_ACKS` | Redis: every session write waits (`WAIT`, up to 200 ms) for this many replicas and fails otherwise | `0` |
 //! | `UNSTUCK_SESSION_HEADER` | session token in a header instead of the cookie: `bearer` (`Authorization: Bearer`, new tokens in `X-Session-Token`) or a header name (both ways); append `,cookie` to keep the cookie for requests without the header | cookie only |
+//! | `UNSTUCK_MAX_SESSION_BYTES` | the most a session may hold (keys and JSON text), in the layer and the store; a `PUT /kv` beyond it answers `413` and changes nothing | 65536 |
+//! | `UNSTUCK_MAX_SESSIONS_PER_USER` | cap on a user's live sessions | none |
+//! | `UNSTUCK_SESSION_CAP_POLICY` | `evict-oldest`: a login beyond the cap ends the user's oldest sessions; `refuse`: it answers `409` | `evict-oldest` |
 //!
 //! Once listening it prints `listening on ADDR` on stdout.
 
@@ -93,7 +96,17 @@ async fn put_value(
             json!({"error": "the body must be JSON"}),
         ));
     };
-    session.insert(&key, &value)?;
+    match session.insert(&key, &value) {
+        Ok(()) => {}
+        // Past the session's size limit: nothing changed.
+        Err(error) if error.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Ok(me.reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": error.to_string()}),
+            ));
+        }
+        Err(error) => return Err(error),
+    }
     if let Some(ms) = delay.delay_ms {
         // Bounded, so a typo cannot park a request for hours.
         tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;

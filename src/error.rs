@@ -7,7 +7,8 @@ use crate::store::StoreError;
 
 /// What can go wrong when using a [`Session`](crate::Session).
 ///
-/// It converts into a response (`500`, or `503` when the store is unreachable), so
+/// It converts into a response ([`status`](Self::status): `500`, `503` when the
+/// store is unreachable, `413` for a session over its size limit), so
 /// handlers can return `Result<_, unstuck::Error>` and use `?`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -29,6 +30,35 @@ pub enum Error {
         /// What serde reported.
         source: serde_json::Error,
     },
+    /// Setting `key` would have taken the session past its size limit
+    /// ([`SessionLayer::with_max_session_bytes`]). Nothing changed: the
+    /// session is as it was before the call. Answers `413`.
+    ///
+    /// [`SessionLayer::with_max_session_bytes`]: crate::SessionLayer::with_max_session_bytes
+    #[error(
+        "setting session value {key:?} would make the session {size} bytes, over its limit of {limit}"
+    )]
+    TooLarge {
+        /// The key being inserted.
+        key: String,
+        /// The size the session would have had (keys and JSON text).
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The value for `key` is larger than one value may be
+    /// ([`SessionLayer::with_max_value_bytes`]). Nothing changed. Answers `413`.
+    ///
+    /// [`SessionLayer::with_max_value_bytes`]: crate::SessionLayer::with_max_value_bytes
+    #[error("session value {key:?} of {size} bytes is over the limit of {limit} bytes per value")]
+    ValueTooLarge {
+        /// The key being inserted.
+        key: String,
+        /// The value's size (key and JSON text).
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -36,10 +66,12 @@ pub enum Error {
 
 impl Error {
     /// The HTTP status this error answers with: the store's
-    /// ([`StoreError::status`]) for store failures, `500` otherwise.
+    /// ([`StoreError::status`]) for store failures, `413 Payload Too Large`
+    /// for a value or session over its limit, `500` otherwise.
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Store(error) => error.status(),
+            Self::TooLarge { .. } | Self::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -48,13 +80,20 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            tracing::warn!(error = %self, "session store unavailable");
-        } else {
-            tracing::error!(error = %self, "session error");
+        match status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::warn!(error = %self, "session store unavailable");
+            }
+            // The client's doing, not a fault: no error-level log.
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::CONFLICT => {
+                tracing::info!(error = %self, "session change refused");
+            }
+            _ => tracing::error!(error = %self, "session error"),
         }
         let body = match status {
             StatusCode::SERVICE_UNAVAILABLE => "session store unavailable",
+            StatusCode::PAYLOAD_TOO_LARGE => "session too large",
+            StatusCode::CONFLICT => "too many sessions for this user",
             _ => "session error",
         };
         (status, body).into_response()
@@ -83,6 +122,9 @@ pub enum ConfigError {
     /// which may carry a password.
     #[error("invalid store URL: {0}")]
     StoreUrl(&'static str),
+    /// A limit that must be positive is zero.
+    #[error("{0} must be at least 1")]
+    ZeroLimit(&'static str),
     /// A store feature asked of a store that cannot provide it.
     #[error("{0}")]
     Unsupported(&'static str),

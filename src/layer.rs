@@ -252,6 +252,44 @@ impl SessionLayer {
         self.config().store_timeout = timeout;
         self
     }
+
+    /// The most a session may hold, in bytes of keys and JSON text (default
+    /// 64 KiB, [`DEFAULT_MAX_SESSION_BYTES`]); `usize::MAX` lifts the limit.
+    /// An insert that would pass it fails with [`Error::TooLarge`] (`413`)
+    /// and changes nothing. Stores have a limit of their own (also 64 KiB by
+    /// default), which they enforce atomically against concurrent requests:
+    /// raise both together.
+    ///
+    /// [`DEFAULT_MAX_SESSION_BYTES`]: crate::store::DEFAULT_MAX_SESSION_BYTES
+    /// [`Error::TooLarge`]: crate::Error::TooLarge
+    pub fn with_max_session_bytes(mut self, bytes: usize) -> Self {
+        self.config().limits.session_bytes = bytes;
+        self
+    }
+
+    /// The most one value may take, in bytes of its key and JSON text
+    /// (default 64 KiB, the session limit's default). An insert of a larger
+    /// value fails with [`Error::ValueTooLarge`] (`413`) and changes nothing.
+    ///
+    /// [`Error::ValueTooLarge`]: crate::Error::ValueTooLarge
+    pub fn with_max_value_bytes(mut self, bytes: usize) -> Self {
+        self.config().limits.value_bytes = bytes;
+        self
+    }
+
+    /// Caps the live sessions of one user at `max` (default: no cap). The
+    /// store applies it atomically when a session is attached to a user
+    /// ([`Session::set_user`](crate::Session::set_user)): with
+    /// [`CapPolicy::EvictOldest`] the user's oldest sessions end, with
+    /// [`CapPolicy::Refuse`] the login's response becomes `409 Conflict` and
+    /// nothing is saved. Instances sharing a store must share the cap.
+    ///
+    /// [`CapPolicy::EvictOldest`]: crate::CapPolicy::EvictOldest
+    /// [`CapPolicy::Refuse`]: crate::CapPolicy::Refuse
+    pub fn with_max_sessions_per_user(mut self, max: u32, policy: crate::CapPolicy) -> Self {
+        self.config().limits.sessions_per_user = Some((max, policy));
+        self
+    }
 }
 
 impl<S> Layer<S> for SessionLayer {
@@ -330,6 +368,8 @@ fn failed_save<B: Default>(error: &CommitError) -> Response<B> {
     let status = error.status();
     match status {
         StatusCode::CONFLICT => tracing::warn!(%error, "session changes discarded"),
+        // A session past its size limit is the client's doing, not a fault.
+        StatusCode::PAYLOAD_TOO_LARGE => tracing::warn!(%error, "session changes refused"),
         StatusCode::SERVICE_UNAVAILABLE => {
             tracing::warn!(%error, "session not saved: store unavailable");
         }

@@ -101,8 +101,9 @@ pub use crate::key::{Key, KeyError, MIN_SECRET_LEN};
 pub use crate::layer::{SessionLayer, SessionService};
 pub use crate::session::Session;
 pub use crate::store::{
-    ChangeSet, Invalidations, MemoryStore, NearCache, NearCacheStats, Record, SaveOutcome,
-    SessionStore, SessionSummary, StoreError, Trackable, TrackedSave, UserChange, Version,
+    CapPolicy, ChangeSet, Invalidations, MemoryStore, NearCache, NearCacheStats, Record,
+    SaveOutcome, SessionCap, SessionStore, SessionSummary, StoreError, Trackable, TrackedSave,
+    UserChange, Version,
 };
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

@@ -9,7 +9,7 @@
 //! | `unstuck_load_duration_seconds` | histogram | `store`, `outcome` | how long loads that reached the store took (`hit`, `miss`, `error`) |
 //! | `unstuck_saves_total` | counter | `store`, `outcome` | end-of-request saves that wrote: `applied`, `gone` (only the idle deadline was to move and the session had ended: nothing lost), `conflict` (the session ended before the request's changes could be saved: `409`), `error` |
 //! | `unstuck_save_duration_seconds` | histogram | `store`, `outcome` | how long those saves took |
-//! | `unstuck_store_errors_total` | counter | `store`, `operation`, `kind` | store failures seen by the layer; `operation`: `load`, `save`, `user_sessions`, `delete_user_sessions`; `kind`: `timeout`, `unavailable`, `backend`, `key_taken`, `config` |
+//! | `unstuck_store_errors_total` | counter | `store`, `operation`, `kind` | store failures seen by the layer; `operation`: `load`, `save`, `user_sessions`, `delete_user_sessions`; `kind`: `timeout`, `unavailable`, `backend`, `key_taken`, `config`, `too_large` (`413`), `too_many_sessions` (a refused login, `409`), `unsupported_format` |
 //! | `unstuck_store_timeouts_total` | counter | `store`, `operation` | store work that ran out of the layer's store timeout (also counted above as `kind="timeout"`) |
 //! | `unstuck_near_cache_hits_total` | counter | `store` | loads a [`NearCache`](crate::NearCache) answered from memory |
 //! | `unstuck_near_cache_misses_total` | counter | `store` | loads it sent to the store |
@@ -76,6 +76,9 @@ fn error_kind(error: &StoreError, timed_out: bool) -> &'static str {
         StoreError::Backend(_) => "backend",
         StoreError::KeyTaken => "key_taken",
         StoreError::Config(_) => "config",
+        StoreError::TooLarge { .. } => "too_large",
+        StoreError::TooManySessions { .. } => "too_many_sessions",
+        StoreError::UnsupportedFormat { .. } => "unsupported_format",
     }
 }
 

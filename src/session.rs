@@ -21,7 +21,7 @@ use crate::metrics::LoadOutcome;
 use crate::observe::{self, Watch};
 use crate::store::{
     ChangeSet, Data, Record, SaveOutcome, SessionStore, SessionSummary, StoreError, UserChange,
-    Version,
+    Version, data_bytes, entry_bytes,
 };
 use crate::transport::Handout;
 
@@ -165,6 +165,15 @@ impl State {
     fn timeouts(&self, layer: &Timeouts) -> Timeouts {
         Lifetime::timeouts(self.lifetime, layer)
     }
+
+    /// The session's size as the store counts it: its data, and its lifetime
+    /// (kept with the data).
+    fn bytes(&self) -> usize {
+        let lifetime = self
+            .lifetime
+            .map_or(0, |lifetime| entry_bytes(LIFETIME_KEY, &lifetime.json()));
+        data_bytes(&self.data) + lifetime
+    }
 }
 
 /// The users a save's events name: the session's, and the destroyed one's.
@@ -281,19 +290,36 @@ impl Session {
     /// key to the value it already holds writes nothing.
     ///
     /// # Errors
-    /// [`Error::Encode`] when `value` cannot be serialized to JSON.
+    /// [`Error::Encode`] when `value` cannot be serialized to JSON;
+    /// [`Error::ValueTooLarge`] or [`Error::TooLarge`] when the value, or the
+    /// session with it, would pass the layer's size limits. On error the
+    /// session is unchanged.
     pub fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), Error> {
         let json = serde_json::to_string(&value).map_err(|source| Error::Encode {
             key: key.to_owned(),
             source,
         })?;
+        let limits = &self.shared.config.limits;
+        let size = entry_bytes(key, &json);
+        if size > limits.value_bytes {
+            return Err(Error::ValueTooLarge {
+                key: key.to_owned(),
+                size,
+                limit: limits.value_bytes,
+            });
+        }
         let mut state = self.state();
-        if state
-            .data
-            .get(key)
-            .is_some_and(|held| same_json(held, &json))
-        {
+        let held = state.data.get(key);
+        if held.is_some_and(|held| same_json(held, &json)) {
             return Ok(());
+        }
+        let after = state.bytes() - held.map_or(0, |held| entry_bytes(key, held)) + size;
+        if after > limits.session_bytes {
+            return Err(Error::TooLarge {
+                key: key.to_owned(),
+                size: after,
+                limit: limits.session_bytes,
+            });
         }
         state.changes.insert(key, json.clone());
         state.data.insert(key.to_owned(), json);
@@ -531,6 +557,8 @@ impl Session {
         {
             data.insert(LIFETIME_KEY.to_owned(), lifetime.json());
         }
+        let cap = self.shared.config.limits.session_cap();
+        state.changes.cap_user_sessions(cap);
         Some(Pending {
             stored: state.stored.clone(),
             ended: state.ended.take(),
@@ -611,15 +639,41 @@ impl Session {
         }
         match plan.step {
             Step::Nothing => Ok(handout),
-            Step::Create(record) => {
+            Step::Create(mut record) => {
+                // A new session that joins a capped user is created without
+                // its user, then attached to it by a save, which the store
+                // admits under the cap.
+                let capped = config.limits.session_cap();
+                let join = match capped {
+                    Some(_) => record.user.take(),
+                    None => None,
+                };
                 for _ in 0..CREATE_ATTEMPTS {
                     let id = SessionId::generate();
                     let key = id.storage_key();
-                    if store.create(&key, &record).await? {
-                        watch.session(config, &key);
-                        emit(SessionEventKind::Created { key }, &record.user);
-                        return Ok(Some(issue(&id, None, record.expires_at)));
+                    if !store.create(&key, &record).await? {
+                        continue;
                     }
+                    if let Some(user) = join {
+                        let mut changes = ChangeSet::new(record.expires_at);
+                        changes
+                            .set_user(UserChange::Set(user.clone()))
+                            .cap_user_sessions(capped);
+                        let joined = store.save(&key, &changes).await;
+                        if !matches!(joined, Ok(SaveOutcome::Applied)) {
+                            // Refused, evicted meanwhile, or failed: the
+                            // anonymous copy must not outlive the login.
+                            let _ = store.delete(&key).await;
+                            return Err(match joined {
+                                Err(error) => error.into(),
+                                Ok(_) => CommitError::Gone,
+                            });
+                        }
+                        record.user = Some(user);
+                    }
+                    watch.session(config, &key);
+                    emit(SessionEventKind::Created { key }, &record.user);
+                    return Ok(Some(issue(&id, None, record.expires_at)));
                 }
                 Err(StoreError::backend("no free session ID after several attempts").into())
             }
@@ -708,7 +762,81 @@ pub(crate) async fn bounded<T>(
 
 #[cfg(test)]
 mod tests {
-    use super::same_json;
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn limited(session_bytes: usize, value_bytes: usize) -> Session {
+        let mut config = Config::default();
+        config.limits.session_bytes = session_bytes;
+        config.limits.value_bytes = value_bytes;
+        Session::new(Arc::new(MemoryStore::new()), Arc::new(config), State::new())
+    }
+
+    #[test]
+    fn inserts_past_the_size_limits_are_refused_and_change_nothing() {
+        let session = limited(40, 20);
+        session.insert("a", "0123456789").unwrap(); // 1 + 12 bytes
+        assert!(matches!(
+            session.insert("b", "x".repeat(18)),
+            Err(Error::ValueTooLarge {
+                size: 21,
+                limit: 20,
+                ..
+            })
+        ));
+        session.insert("b", "x".repeat(14)).unwrap(); // 1 + 16: 30 in all
+        let refused = session.insert("c", "x".repeat(8));
+        assert!(
+            matches!(&refused, Err(Error::TooLarge { size: 41, limit: 40, key }) if key == "c"),
+            "{refused:?}"
+        );
+        assert_eq!(
+            refused.unwrap_err().status(),
+            http::StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(session.get::<String>("c").unwrap(), None);
+        assert_eq!(session.keys().len(), 2);
+        // Replacing a value counts the new one instead of the old.
+        session.insert("b", "y".repeat(16)).unwrap(); // 1 + 18: 32 in all
+        let pending = session.take_pending().unwrap();
+        let keys: Vec<&str> = pending.data.keys().map(String::as_str).collect();
+        assert_eq!(keys.len(), 2, "only accepted inserts are saved: {keys:?}");
+    }
+
+    #[test]
+    fn a_session_s_own_lifetime_counts_toward_its_size() {
+        let own = Lifetime {
+            idle_secs: 60,
+            absolute_secs: 60,
+        };
+        let lifetime = entry_bytes(LIFETIME_KEY, &own.json());
+        let session = limited(lifetime + 2, 100);
+        session.set_lifetime(Duration::from_secs(60), Duration::from_secs(60));
+        assert!(matches!(
+            session.insert("a", 12),
+            Err(Error::TooLarge { .. })
+        ));
+        session.insert("a", 1).unwrap();
+    }
+
+    #[test]
+    fn zero_limits_are_configuration_errors() {
+        use crate::{CapPolicy, ConfigError, SessionLayer};
+        let layer = || SessionLayer::new(MemoryStore::new());
+        for bad in [
+            layer().with_max_session_bytes(0),
+            layer().with_max_value_bytes(0),
+            layer().with_max_sessions_per_user(0, CapPolicy::EvictOldest),
+        ] {
+            assert!(matches!(bad.validate(), Err(ConfigError::ZeroLimit(_))));
+        }
+        assert!(
+            layer()
+                .with_max_sessions_per_user(3, CapPolicy::Refuse)
+                .validate()
+                .is_ok()
+        );
+    }
 
     #[test]
     fn json_texts_compare_by_value() {

@@ -7,12 +7,17 @@
 //! Each check takes a fresh store and uses fresh random keys and user names, so
 //! tests may share a store's server. Checks panic (like assertions) when the
 //! store breaks the contract. The expiry checks wait about a second of real
-//! time.
+//! time. The size checks expect the store's default limit,
+//! [`DEFAULT_MAX_SESSION_BYTES`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod limits;
+
+pub use self::limits::*;
+use crate::store::DEFAULT_MAX_SESSION_BYTES;
 use crate::{ChangeSet, Record, SaveOutcome, SessionId, SessionStore, StorageKey, UserChange};
 
 /// Now, truncated to milliseconds: the precision every store must keep.
@@ -96,7 +101,7 @@ pub async fn load_of_an_unknown_key_is_none(store: impl SessionStore) {
 
 /// Contract check: create then load returns the record verbatim.
 pub async fn create_then_load_returns_the_record_verbatim(store: impl SessionStore) {
-    let big = "x".repeat(100_000);
+    let big = "x".repeat(DEFAULT_MAX_SESSION_BYTES - 1000);
     let original = record(
         &[
             ("count", serde_json::json!(1)),
@@ -475,7 +480,12 @@ macro_rules! store_conformance {
             user_index_forgets_deleted_rotated_and_expired_sessions,
             user_change_moves_the_session_between_users,
             delete_user_sessions_deletes_all_of_them_and_nothing_else,
-            many_concurrent_saves_on_one_session_all_persist
+            many_concurrent_saves_on_one_session_all_persist,
+            writes_over_the_size_limit_are_refused_and_change_nothing,
+            concurrent_saves_never_take_a_session_past_the_size_limit,
+            logins_beyond_the_user_cap_evict_the_oldest_sessions,
+            logins_beyond_a_refusing_cap_are_refused_and_change_nothing,
+            racing_logins_never_pass_the_user_cap
         );
     };
     (@tests $make:expr; $($check:ident),+ $(,)?) => {

@@ -8,7 +8,7 @@ common::demo_contract::demo_contract!("memory".to_owned());
 
 #[test]
 fn bad_configuration_is_a_clear_startup_error() {
-    let cases: [(&[(&str, &str)], &str); 7] = [
+    let cases: [(&[(&str, &str)], &str); 10] = [
         (&[("UNSTUCK_SECRET", "short")], "at least 32 bytes"),
         (
             &[("UNSTUCK_STORE", "mongodb://x")],
@@ -27,6 +27,18 @@ fn bad_configuration_is_a_clear_startup_error() {
         (
             &[("UNSTUCK_REPLICA_ACKS", "some")],
             "UNSTUCK_REPLICA_ACKS must be a whole number",
+        ),
+        (
+            &[("UNSTUCK_MAX_SESSION_BYTES", "0")],
+            "UNSTUCK_MAX_SESSION_BYTES must be a positive",
+        ),
+        (
+            &[("UNSTUCK_MAX_SESSIONS_PER_USER", "three")],
+            "UNSTUCK_MAX_SESSIONS_PER_USER must be a positive",
+        ),
+        (
+            &[("UNSTUCK_SESSION_CAP_POLICY", "lru")],
+            "UNSTUCK_SESSION_CAP_POLICY must be evict-oldest or refuse",
         ),
     ];
     for (env, message) in cases {

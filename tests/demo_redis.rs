@@ -134,3 +134,58 @@ async fn soak_of_concurrent_clients_across_instances_loses_nothing() {
         started.elapsed()
     );
 }
+
+/// A logged-in client and the Redis key of its session hash (default prefix).
+async fn session_with_hash(demo: &Demo) -> (common::demo::Client, String) {
+    let (client, key) =
+        common::demo_contract::logged_in_with_a_value(demo, serde_json::json!("kept")).await;
+    (client, format!("unstuck:{{{key}}}"))
+}
+
+fn cli(args: &[&str]) -> String {
+    redis_server::cli(redis_server::standalone_port(), args).expect("redis-cli")
+}
+
+#[tokio::test]
+async fn a_session_rewritten_raw_in_todays_format_works_through_the_demo() {
+    let demo = Demo::start(&[("UNSTUCK_STORE", &redis_server::standalone_url())]);
+    let (mut client, hash) = session_with_hash(&demo).await;
+    // Rewrite the hash exactly as the create script of releases before sizes
+    // and formats wrote it: the same fields, `m:v` 1, no `m:sz`, no `m:fmt`.
+    let fields = cli(&["HGETALL", &hash]);
+    let fields: Vec<&str> = fields.lines().collect();
+    let expires = cli(&["HGET", &hash, "m:expires"]);
+    let mut hset = vec!["HSET", hash.as_str()];
+    for pair in fields.chunks(2) {
+        match pair[0] {
+            "m:sz" | "m:v" => {}
+            field => hset.extend([field, pair[1]]),
+        }
+    }
+    hset.extend(["m:v", "1"]);
+    cli(&["DEL", &hash]);
+    cli(&hset);
+    cli(&["PEXPIREAT", &hash, expires.trim()]);
+    assert!(cli(&["HGET", &hash, "m:sz"]).trim().is_empty());
+
+    let session = client.get("/session").await;
+    assert_eq!(session.status, 200, "{session:?}");
+    assert_eq!(session.body["data"]["note"], "kept");
+    assert!(session.body["user"].as_str().unwrap().starts_with("fmt-"));
+    assert_eq!(
+        client.put("/kv/more", serde_json::json!(1)).await.status,
+        200
+    );
+    assert!(
+        cli(&["HGET", &hash, "m:sz"]).trim().starts_with("2:"),
+        "the first save counts the old record's size"
+    );
+    let big = serde_json::json!("x".repeat(70_000));
+    assert_eq!(client.put("/kv/big", big).await.status, 413);
+
+    // A record from a newer release is a clear error, never misread.
+    cli(&["HSET", &hash, "m:fmt", "2"]);
+    let before = cli(&["HGETALL", &hash]);
+    assert_eq!(client.get("/session").await.status, 500);
+    assert_eq!(cli(&["HGETALL", &hash]), before, "the newer record changed");
+}

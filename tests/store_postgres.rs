@@ -533,3 +533,121 @@ async fn re_inserting_an_unchanged_object_writes_nothing() {
         "a changed value must be written"
     );
 }
+
+// ------------------------------------------------------ stored format
+
+/// A table as releases before stored formats created it, holding one row
+/// exactly as they wrote it; returns the store on it (which brings the table
+/// up to date on first use), the qualified table name and the row's key.
+async fn table_in_todays_format() -> (PostgresStore, String, StorageKey) {
+    let table_name = format!("t_{}", random_tag());
+    let store = postgres_server::store().await;
+    // Creates the test schema (under the store's lock against racing tests).
+    store.migrate().await.unwrap();
+    let store = store.with_table(&table_name).expect("table name");
+    let table = postgres_server::qualified_table(&shared().schema, &table_name);
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TABLE {table} (storage_key text PRIMARY KEY, data jsonb NOT NULL, \
+         user_id text, created_at_ms bigint NOT NULL, expires_at_ms bigint NOT NULL)"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let key = new_key();
+    let created = now_ms();
+    let millis =
+        |at: SystemTime| i64::try_from(at.duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} (storage_key, data, user_id, created_at_ms, expires_at_ms) \
+         VALUES ($1, '{{\"count\": 3, \"cart\": {{\"items\": [1, 2]}}}}'::jsonb, 'alice', $2, $3)"
+    )))
+    .bind(key.as_str())
+    .bind(millis(created))
+    .bind(millis(created + LONG))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    (store, table, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_in_todays_format_written_raw_loads_and_saves_after_the_upgrade() {
+    let (store, table, key) = table_in_todays_format().await;
+    let record = store.load(&key).await.unwrap().expect("the old row loads");
+    assert_eq!(record.data["count"], "3");
+    assert_eq!(record.data["cart"], r#"{"items":[1,2]}"#);
+    assert_eq!(record.user.as_deref(), Some("alice"));
+    assert_eq!(store.user_sessions("alice").await.unwrap().len(), 1);
+    let mut changes = ChangeSet::new(now_ms() + LONG);
+    changes.insert("note", "\"hi\"");
+    assert_eq!(
+        store.save(&key, &changes).await.unwrap(),
+        SaveOutcome::Applied
+    );
+    assert_eq!(store.load(&key).await.unwrap().unwrap().data.len(), 3);
+    assert_eq!(
+        count(store.pool(), &table, "format IS NULL").await,
+        1,
+        "format 1 is not written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_in_a_newer_format_is_refused_and_left_as_it_is() {
+    let (store, table, key) = table_in_todays_format().await;
+    store.migrate().await.unwrap();
+    sqlx::query(AssertSqlSafe(format!("UPDATE {table} SET format = 2")))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let snapshot = format!("SELECT row_to_json(t)::text FROM {table} AS t");
+    let before: String = sqlx::query_scalar(AssertSqlSafe(snapshot.clone()))
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let newer = |result: Result<(), StoreError>| {
+        matches!(
+            result,
+            Err(StoreError::UnsupportedFormat {
+                found: 2,
+                supported: 1
+            })
+        )
+    };
+    assert!(newer(store.load(&key).await.map(drop)));
+    let mut changes = ChangeSet::new(now_ms() + LONG);
+    changes.insert("x", "1");
+    assert!(newer(store.save(&key, &changes).await.map(drop)));
+    let to = new_key();
+    assert!(newer(store.rotate(&key, &to, &changes).await.map(drop)));
+    let after: String = sqlx::query_scalar(AssertSqlSafe(snapshot))
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(after, before, "the newer row was changed");
+    assert!(store.delete(&key).await.unwrap(), "logging out still works");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_an_up_to_date_table_does_not_wait_for_its_readers() {
+    let name = format!("t_{}", random_tag());
+    let store = postgres_server::store().await.with_table(&name).unwrap();
+    store.migrate().await.unwrap();
+    let table = postgres_server::qualified_table(&shared().schema, &name);
+    // What every load holds while it runs: it conflicts only with the
+    // exclusive lock an `ALTER TABLE` takes.
+    let mut reader = store.pool().begin().await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "LOCK TABLE {table} IN ACCESS SHARE MODE"
+    )))
+    .execute(&mut *reader)
+    .await
+    .unwrap();
+    // Another instance starting up migrates the same table.
+    let starting = postgres_server::store().await.with_table(&name).unwrap();
+    let migrated = tokio::time::timeout(Duration::from_secs(10), starting.migrate()).await;
+    reader.rollback().await.unwrap();
+    migrated
+        .expect("migrate waited for a reader: it locked the table exclusively")
+        .unwrap();
+}

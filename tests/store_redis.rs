@@ -304,3 +304,146 @@ async fn a_session_outliving_its_index_score_is_rescored_and_stays_listed() {
     );
     assert_eq!(store.delete_user_sessions(&user).await.unwrap(), 1);
 }
+
+// ------------------------------------------------------ stored format, sizes
+
+fn millis(at: SystemTime) -> String {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string()
+}
+
+fn cli(args: &[&str]) -> String {
+    redis_server::cli(redis_server::standalone_port(), args).expect("redis-cli failed")
+}
+
+/// Writes, with redis-cli, a session exactly as releases up to this one's
+/// predecessor wrote it (their create script: metadata, data, `m:v` 1, the
+/// expiry, and the user index entry), and returns its storage key.
+fn write_todays_format(prefix: &str, user: &str, data: &[(&str, &str)]) -> unstuck::StorageKey {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let key = SessionId::generate().storage_key();
+    let hash = format!("{prefix}{{{}}}", key.as_str());
+    let created = now();
+    let expires = created + Duration::from_secs(600);
+    let score = millis(expires + Duration::from_secs(600));
+    let (created, expires) = (millis(created), millis(expires));
+    let mut hset = vec!["HSET", &hash, "m:created", &created, "m:expires", &expires];
+    hset.extend(["m:user", user, "m:iscore", &score]);
+    let fields: Vec<String> = data.iter().map(|(k, _)| format!("d:{k}")).collect();
+    for ((_, json), field) in data.iter().zip(&fields) {
+        hset.extend([field.as_str(), json]);
+    }
+    hset.extend(["m:v", "1"]);
+    cli(&hset);
+    cli(&["PEXPIREAT", &hash, &expires]);
+    let user_hash = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(user.as_bytes()));
+    cli(&[
+        "ZADD",
+        &format!("{prefix}user:{{{user_hash}}}"),
+        &score,
+        key.as_str(),
+    ]);
+    key
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_in_todays_format_written_raw_loads_saves_and_gets_its_size_counted() {
+    let prefix = unique_prefix();
+    let store = store_with_prefix(&prefix).await;
+    let cart = r#"{"items":[1,2]}"#;
+    let key = write_todays_format(&prefix, "alice", &[("count", "3"), ("cart", cart)]);
+    let record = store
+        .load(&key)
+        .await
+        .unwrap()
+        .expect("the old record loads");
+    assert_eq!(record.data.len(), 2);
+    assert_eq!(
+        (record.data["count"].as_str(), record.data["cart"].as_str()),
+        ("3", cart)
+    );
+    assert_eq!(record.user.as_deref(), Some("alice"));
+    let listed = store.user_sessions("alice").await.unwrap();
+    assert_eq!(listed.iter().map(|s| &s.key).collect::<Vec<_>>(), [&key]);
+
+    // Its first save counts the size from the fields, once, and stamps it.
+    let mut changes = unstuck::ChangeSet::new(record.expires_at);
+    changes.insert("note", "\"hi\"");
+    assert_eq!(
+        store.save(&key, &changes).await.unwrap(),
+        unstuck::SaveOutcome::Applied
+    );
+    let hash = format!("{prefix}{{{}}}", key.as_str());
+    let size = "count".len() + 1 + "cart".len() + cart.len() + "note".len() + 4;
+    assert_eq!(cli(&["HGET", &hash, "m:sz"]).trim(), format!("2:{size}"));
+    assert!(
+        cli(&["HGET", &hash, "m:fmt"]).trim().is_empty(),
+        "format 1 is not written"
+    );
+
+    // A writer that does not count (an older release, during a rollback)
+    // leaves a stale count; it is noticed by its version and recounted, so
+    // the limit still holds.
+    let big = format!("\"{}\"", "x".repeat(60_000));
+    cli(&["HSET", &hash, "d:big", &big]);
+    cli(&["HINCRBY", &hash, "m:v", "1"]);
+    let mut more = unstuck::ChangeSet::new(record.expires_at);
+    more.insert("more", format!("\"{}\"", "y".repeat(6_000)));
+    let refused = store.save(&key, &more).await;
+    assert!(
+        matches!(refused, Err(StoreError::TooLarge { .. })),
+        "{refused:?}"
+    );
+    assert!(
+        !store
+            .load(&key)
+            .await
+            .unwrap()
+            .unwrap()
+            .data
+            .contains_key("more")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_in_a_newer_format_is_refused_and_left_as_it_is() {
+    let prefix = unique_prefix();
+    let store = store_with_prefix(&prefix).await;
+    let key = write_todays_format(&prefix, "bob", &[("count", "3")]);
+    let hash = format!("{prefix}{{{}}}", key.as_str());
+    cli(&["HSET", &hash, "m:fmt", "2"]);
+    let before = cli(&["HGETALL", &hash]);
+    let newer = |result: Result<_, StoreError>| {
+        matches!(
+            result,
+            Err(StoreError::UnsupportedFormat {
+                found: 2,
+                supported: 1
+            })
+        )
+    };
+    assert!(newer(store.load(&key).await.map(drop)));
+    let mut changes = unstuck::ChangeSet::new(now() + Duration::from_secs(600));
+    changes.insert("x", "1");
+    assert!(newer(store.save(&key, &changes).await.map(drop)));
+    assert!(newer(
+        store
+            .save(&key, &unstuck::ChangeSet::new(now()))
+            .await
+            .map(drop)
+    ));
+    let to = SessionId::generate().storage_key();
+    assert!(newer(store.rotate(&key, &to, &changes).await.map(drop)));
+    assert_eq!(
+        cli(&["HGETALL", &hash]),
+        before,
+        "the newer record was changed"
+    );
+    assert_eq!(store.load(&to).await.unwrap(), None);
+    // Logging out still works on it.
+    assert!(store.delete(&key).await.unwrap());
+}

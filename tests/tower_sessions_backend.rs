@@ -33,7 +33,9 @@ macro_rules! backend_conformance {
             delete_reports_whether_a_live_session_was_deleted,
             rotate_of_a_gone_session_is_gone_and_creates_nothing,
             save_to_the_old_key_after_rotation_is_gone,
-            many_concurrent_saves_on_one_session_all_persist
+            many_concurrent_saves_on_one_session_all_persist,
+            writes_over_the_size_limit_are_refused_and_change_nothing,
+            concurrent_saves_never_take_a_session_past_the_size_limit
         );
 
         /// The suite's version ends by asking the user index; this one does not.
@@ -130,11 +132,14 @@ mod on_their_memory_store {
 /// tower-sessions face, as a third-party tower-sessions store would be.
 #[cfg(feature = "redis")]
 mod on_redis_through_tower_sessions {
+    // The outer backend enforces the size limit; the Redis store inside holds
+    // its record wrapped twice, so it gets room for the wrapping.
     backend_conformance!(unstuck::store::tower_sessions::TowerSessionsBackend::new(
         unstuck::store::tower_sessions::ForTowerSessions::new(
             unstuck::RedisStore::connect(&crate::common::redis_server::standalone_url())
                 .await
                 .unwrap()
+                .with_max_session_bytes(2 * unstuck::store::DEFAULT_MAX_SESSION_BYTES)
         )
     ));
 }
@@ -153,6 +158,29 @@ async fn user_index_calls_fail_with_user_index_unsupported_not_an_empty_answer()
     assert!(is_user_index_unsupported(&listed), "{listed:?}");
     let deleted = store.delete_user_sessions("ann").await.unwrap_err();
     assert!(is_user_index_unsupported(&deleted), "{deleted:?}");
+}
+
+#[tokio::test]
+async fn a_login_under_a_session_cap_fails_rather_than_pass_an_unkept_cap() {
+    let store = TowerSessionsBackend::new(tower_sessions::MemoryStore::default());
+    let key = SessionId::generate().storage_key();
+    assert!(
+        store
+            .create(&key, &record(&[("a", "1")], None))
+            .await
+            .unwrap()
+    );
+    let cap = unstuck::SessionCap::new(
+        std::num::NonZeroU32::new(1).unwrap(),
+        unstuck::CapPolicy::EvictOldest,
+    );
+    let mut login = ChangeSet::new(SystemTime::now() + Duration::from_secs(60));
+    login
+        .set_user(UserChange::Set("ann".into()))
+        .cap_user_sessions(Some(cap));
+    let refused = store.save(&key, &login).await.unwrap_err();
+    assert!(is_user_index_unsupported(&refused), "{refused:?}");
+    assert_eq!(store.load(&key).await.unwrap().unwrap().user, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use unstuck::{Key, MemoryStore, SessionLayer, SessionStore, SessionTransport, TokenHeader};
+use unstuck::{
+    CapPolicy, Key, MemoryStore, SessionLayer, SessionStore, SessionTransport, TokenHeader,
+};
 
 const DEV_SECRET: &str = "unstuck demo secret: never use this one in production";
 
@@ -23,6 +25,10 @@ pub struct Settings {
     pub near_cache: bool,
     pub replica_acks: u32,
     pub transport: SessionTransport,
+    /// `UNSTUCK_MAX_SESSION_BYTES`: the layer's and the store's size limit.
+    pub max_session_bytes: usize,
+    /// `UNSTUCK_MAX_SESSIONS_PER_USER` and `UNSTUCK_SESSION_CAP_POLICY`.
+    pub sessions_per_user: Option<(u32, CapPolicy)>,
 }
 
 impl Settings {
@@ -42,6 +48,8 @@ impl Settings {
             near_cache: false,
             replica_acks: 0,
             transport: SessionTransport::Cookie,
+            max_session_bytes: unstuck::store::DEFAULT_MAX_SESSION_BYTES,
+            sessions_per_user: None,
         };
         settings.listen = settings
             .var("UNSTUCK_LISTEN")
@@ -62,6 +70,35 @@ impl Settings {
         };
         if let Some(text) = settings.var("UNSTUCK_SESSION_HEADER") {
             settings.transport = session_transport(&text)?;
+        }
+        if let Some(text) = settings.var("UNSTUCK_MAX_SESSION_BYTES") {
+            settings.max_session_bytes = match text.parse() {
+                Ok(0) | Err(_) => {
+                    return Err(format!(
+                        "UNSTUCK_MAX_SESSION_BYTES must be a positive whole number of bytes, got {text:?}"
+                    ));
+                }
+                Ok(bytes) => bytes,
+            };
+        }
+        let policy = match settings.var("UNSTUCK_SESSION_CAP_POLICY").as_deref() {
+            None | Some("evict-oldest") => CapPolicy::EvictOldest,
+            Some("refuse") => CapPolicy::Refuse,
+            Some(other) => {
+                return Err(format!(
+                    "UNSTUCK_SESSION_CAP_POLICY must be evict-oldest or refuse, got {other:?}"
+                ));
+            }
+        };
+        if let Some(text) = settings.var("UNSTUCK_MAX_SESSIONS_PER_USER") {
+            match text.parse::<u32>() {
+                Ok(0) | Err(_) => {
+                    return Err(format!(
+                        "UNSTUCK_MAX_SESSIONS_PER_USER must be a positive whole number, got {text:?}"
+                    ));
+                }
+                Ok(max) => settings.sessions_per_user = Some((max, policy)),
+            }
         }
         let (secrets, dev_secret) = match settings.var("UNSTUCK_SECRET") {
             Some(list) => (list.split(',').map(str::to_owned).collect(), false),
@@ -120,12 +157,17 @@ impl Settings {
 
     /// A session layer on `store` with these settings.
     pub fn layer(&self, store: Arc<dyn SessionStore>) -> SessionLayer {
-        SessionLayer::from_arc(store)
+        let layer = SessionLayer::from_arc(store)
             .with_keys(self.keys.clone())
             .with_secure(self.secure)
             .with_idle_timeout(self.idle)
             .with_absolute_timeout(self.absolute)
             .with_transport(self.transport.clone())
+            .with_max_session_bytes(self.max_session_bytes);
+        match self.sessions_per_user {
+            Some((max, policy)) => layer.with_max_sessions_per_user(max, policy),
+            None => layer,
+        }
     }
 }
 
@@ -172,6 +214,7 @@ const REPLICA_ACK_TIMEOUT: Duration = Duration::from_millis(200);
 pub async fn open_store(settings: &Settings) -> Result<(Arc<dyn SessionStore>, Keepalive), String> {
     let url = settings.store.as_str();
     let (near_cache, replica_acks) = (settings.near_cache, settings.replica_acks);
+    let limit = settings.max_session_bytes;
     let scheme = url.split("://").next().unwrap_or_default();
     if near_cache && !scheme.starts_with("redis") {
         return Err(
@@ -185,11 +228,15 @@ pub async fn open_store(settings: &Settings) -> Result<(Arc<dyn SessionStore>, K
         ));
     }
     match scheme {
-        "memory" => Ok((Arc::new(MemoryStore::new()), None)),
-        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => {
-            Ok((redis_store(url, near_cache, replica_acks).await?, None))
-        }
-        "postgres" | "postgresql" => postgres_store(url).await,
+        "memory" => Ok((
+            Arc::new(MemoryStore::new().with_max_session_bytes(limit)),
+            None,
+        )),
+        "redis" | "rediss" | "redis+sentinel" | "redis+cluster" => Ok((
+            redis_store(url, near_cache, replica_acks, limit).await?,
+            None,
+        )),
+        "postgres" | "postgresql" => postgres_store(url, limit).await,
         _ => Err(format!(
             "UNSTUCK_STORE={url:?} is not a store this demo knows: use memory, redis://, \
              redis+sentinel://, redis+cluster:// or postgres://"
@@ -202,11 +249,13 @@ async fn redis_store(
     url: &str,
     near_cache: bool,
     replica_acks: u32,
+    max_session_bytes: usize,
 ) -> Result<Arc<dyn SessionStore>, String> {
     let store = unstuck::RedisStore::connect(url)
         .await
         .map_err(|e| format!("UNSTUCK_STORE: cannot open the Redis store: {e}"))?
-        .with_replica_acks(replica_acks, REPLICA_ACK_TIMEOUT);
+        .with_replica_acks(replica_acks, REPLICA_ACK_TIMEOUT)
+        .with_max_session_bytes(max_session_bytes);
     if near_cache {
         let cached =
             unstuck::NearCache::new(store).map_err(|e| format!("UNSTUCK_NEAR_CACHE: {e}"))?;
@@ -220,6 +269,7 @@ async fn redis_store(
     _url: &str,
     _near_cache: bool,
     _replica_acks: u32,
+    _max_session_bytes: usize,
 ) -> Result<Arc<dyn SessionStore>, String> {
     Err(
         "UNSTUCK_STORE is a Redis URL, but this build has no Redis support: \
@@ -229,10 +279,14 @@ async fn redis_store(
 }
 
 #[cfg(feature = "postgres")]
-async fn postgres_store(url: &str) -> Result<(Arc<dyn SessionStore>, Keepalive), String> {
+async fn postgres_store(
+    url: &str,
+    max_session_bytes: usize,
+) -> Result<(Arc<dyn SessionStore>, Keepalive), String> {
     let store = unstuck::PostgresStore::connect(url)
         .await
-        .map_err(|e| format!("UNSTUCK_STORE: cannot open the PostgreSQL store: {e}"))?;
+        .map_err(|e| format!("UNSTUCK_STORE: cannot open the PostgreSQL store: {e}"))?
+        .with_max_session_bytes(max_session_bytes);
     store
         .migrate()
         .await
@@ -243,7 +297,10 @@ async fn postgres_store(url: &str) -> Result<(Arc<dyn SessionStore>, Keepalive),
 }
 
 #[cfg(not(feature = "postgres"))]
-async fn postgres_store(_url: &str) -> Result<(Arc<dyn SessionStore>, Keepalive), String> {
+async fn postgres_store(
+    _url: &str,
+    _max_session_bytes: usize,
+) -> Result<(Arc<dyn SessionStore>, Keepalive), String> {
     Err(
         "UNSTUCK_STORE is a PostgreSQL URL, but this build has no PostgreSQL support: \
          build the example with `--features postgres`"

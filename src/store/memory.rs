@@ -6,7 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
-use super::{ChangeSet, Record, SaveOutcome, SessionStore, SessionSummary, StoreError};
+use super::{
+    ChangeSet, DEFAULT_MAX_SESSION_BYTES, Record, SaveOutcome, SessionStore, SessionSummary,
+    StoreError, UserChange, data_bytes,
+};
 use crate::events::{SessionEvent, SessionEventKind, SessionEvents};
 use crate::id::StorageKey;
 
@@ -29,6 +32,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// [`Expired`](crate::SessionEventKind::Expired), with its user: exact, but as
 /// late as the next sweep.
 ///
+/// Each session holds at most 64 KiB of keys and JSON text unless
+/// [`with_max_session_bytes`](Self::with_max_session_bytes) says otherwise.
+///
 /// # Examples
 /// ```
 /// use unstuck::{MemoryStore, SessionLayer};
@@ -36,10 +42,21 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// let layer = SessionLayer::new(MemoryStore::new());
 /// # let _ = layer;
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
     events: Option<SessionEvents>,
+    max_session_bytes: usize,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            events: None,
+            max_session_bytes: DEFAULT_MAX_SESSION_BYTES,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -70,6 +87,29 @@ impl MemoryStore {
     pub fn with_events(mut self, events: SessionEvents) -> Self {
         self.events = Some(events);
         self
+    }
+
+    /// The most bytes of keys and JSON text one session may hold (default 64
+    /// KiB); writes that would pass it fail with [`StoreError::TooLarge`].
+    pub fn with_max_session_bytes(mut self, bytes: usize) -> Self {
+        self.max_session_bytes = bytes;
+        self
+    }
+
+    /// Refuses `changes` when they set values and the record they apply to
+    /// would end up over the limit.
+    fn check_size(&self, record: &Record, changes: &ChangeSet) -> Result<(), StoreError> {
+        if !changes.sets_values() {
+            return Ok(());
+        }
+        let size = changes.bytes_after(&record.data);
+        if size > self.max_session_bytes {
+            return Err(StoreError::TooLarge {
+                size,
+                limit: self.max_session_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// Removes every expired session now, and returns how many there were.
@@ -126,10 +166,6 @@ impl Inner {
         self.sessions.get(key).filter(|r| r.expires_at > now)
     }
 
-    fn live_mut(&mut self, key: &StorageKey, now: SystemTime) -> Option<&mut Record> {
-        self.sessions.get_mut(key).filter(|r| r.expires_at > now)
-    }
-
     /// Removes the expired sessions and returns them.
     fn sweep(&mut self, now: SystemTime) -> Vec<(StorageKey, Record)> {
         self.last_sweep = now;
@@ -170,6 +206,37 @@ impl Inner {
         }
     }
 
+    /// Makes room for one more session of the user `changes` attach a session
+    /// to, under their cap: the user's live sessions other than `joining`
+    /// (the session's own keys, so a session already counted is not counted
+    /// twice) are counted, and the
+    /// oldest ended or the login refused. Runs under the store's lock, so
+    /// concurrent logins are admitted one at a time.
+    fn admit(
+        &mut self,
+        changes: &ChangeSet,
+        joining: &[&StorageKey],
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        let (UserChange::Set(user), Some(cap)) = (changes.user(), changes.user_cap()) else {
+            return Ok(());
+        };
+        let mut held: Vec<(SystemTime, StorageKey)> = self
+            .users
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter(|key| !joining.contains(key))
+            .filter_map(|key| self.live(key, now).map(|r| (r.created_at, key.clone())))
+            .collect();
+        let evict = cap.to_evict(held.len())?;
+        held.sort();
+        for (_, key) in held.into_iter().take(evict) {
+            self.remove(&key);
+        }
+        Ok(())
+    }
+
     /// Applies a change set to the record at `key`, keeping the index in step.
     fn apply(&mut self, key: &StorageKey, changes: &ChangeSet) {
         let Some(record) = self.sessions.get_mut(key) else {
@@ -200,6 +267,13 @@ impl SessionStore for MemoryStore {
     }
 
     async fn create(&self, key: &StorageKey, record: &Record) -> Result<bool, StoreError> {
+        let size = data_bytes(&record.data);
+        if size > self.max_session_bytes {
+            return Err(StoreError::TooLarge {
+                size,
+                limit: self.max_session_bytes,
+            });
+        }
         let now = SystemTime::now();
         let mut inner = self.lock_for_write(now);
         if inner.live(key, now).is_some() {
@@ -220,9 +294,11 @@ impl SessionStore for MemoryStore {
     async fn save(&self, key: &StorageKey, changes: &ChangeSet) -> Result<SaveOutcome, StoreError> {
         let now = SystemTime::now();
         let mut inner = self.lock_for_write(now);
-        if inner.live_mut(key, now).is_none() {
+        let Some(record) = inner.live(key, now) else {
             return Ok(SaveOutcome::Gone);
-        }
+        };
+        self.check_size(record, changes)?;
+        inner.admit(changes, &[key], now)?;
         inner.apply(key, changes);
         if changes.expires_at() <= now {
             inner.remove(key);
@@ -238,12 +314,14 @@ impl SessionStore for MemoryStore {
     ) -> Result<SaveOutcome, StoreError> {
         let now = SystemTime::now();
         let mut inner = self.lock_for_write(now);
-        if inner.live(from, now).is_none() {
+        let Some(record) = inner.live(from, now) else {
             return Ok(SaveOutcome::Gone);
-        }
+        };
+        self.check_size(record, changes)?;
         if inner.live(to, now).is_some() {
             return Err(StoreError::KeyTaken);
         }
+        inner.admit(changes, &[from, to], now)?;
         inner.remove(to);
         let Some(record) = inner.remove(from) else {
             return Ok(SaveOutcome::Gone);

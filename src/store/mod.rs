@@ -4,6 +4,7 @@
 //! it set or removed, never the whole record, so concurrent requests that touch
 //! different keys both persist. Stores never recreate a session that is gone.
 
+mod limits;
 mod memory;
 mod near_cache;
 #[cfg(feature = "postgres")]
@@ -31,6 +32,9 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+pub use self::limits::{
+    CapPolicy, DEFAULT_MAX_SESSION_BYTES, STORED_FORMAT, SessionCap, data_bytes, entry_bytes,
+};
 pub use self::memory::MemoryStore;
 pub use self::near_cache::{Invalidations, NearCache, NearCacheStats, Trackable, TrackedSave};
 #[cfg(feature = "postgres")]
@@ -62,6 +66,34 @@ pub enum StoreError {
     /// session. With 256-bit IDs this means a bug, not bad luck.
     #[error("session store refused a key that is already taken")]
     KeyTaken,
+    /// The write would have made the session larger than the store allows
+    /// (keys and JSON text, see [`data_bytes`]); nothing was written and the
+    /// session is as it was. Requests answer `413 Payload Too Large`.
+    #[error("session of {size} bytes refused: the store's limit is {limit} bytes")]
+    TooLarge {
+        /// The size the session would have had.
+        size: usize,
+        /// The store's limit.
+        limit: usize,
+    },
+    /// The user already holds the most sessions their [`SessionCap`] allows,
+    /// and its policy is [`CapPolicy::Refuse`]; nothing was written. Requests
+    /// answer `409 Conflict`.
+    #[error("the user already holds the maximum of {max} sessions")]
+    TooManySessions {
+        /// The cap.
+        max: u32,
+    },
+    /// The record was written in a stored format newer than this release
+    /// reads ([`STORED_FORMAT`]), by a newer release sharing the store. It is
+    /// neither read nor changed.
+    #[error("session record in stored format {found}; this release reads format {supported}")]
+    UnsupportedFormat {
+        /// The format the record says it has.
+        found: u32,
+        /// The newest format this release reads.
+        supported: u32,
+    },
     /// The store was set up wrongly (a malformed URL, say).
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -70,13 +102,18 @@ pub enum StoreError {
 impl StoreError {
     /// The HTTP status a request that needed the store answers with: `503
     /// Service Unavailable` while the store cannot be reached (worth a retry),
-    /// `500` for everything else. The one place store errors meet HTTP.
+    /// `413 Payload Too Large` for a session over the store's size limit,
+    /// `409 Conflict` for a login refused by the user's session cap, `500`
+    /// for everything else. The one place store errors meet HTTP.
     pub fn status(&self) -> http::StatusCode {
         match self {
             Self::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
-            Self::Backend(_) | Self::KeyTaken | Self::Config(_) => {
-                http::StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Self::TooLarge { .. } => http::StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManySessions { .. } => http::StatusCode::CONFLICT,
+            Self::Backend(_)
+            | Self::KeyTaken
+            | Self::UnsupportedFormat { .. }
+            | Self::Config(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -130,6 +167,7 @@ pub struct ChangeSet {
     removed: BTreeSet<String>,
     user: UserChange,
     expires_at: SystemTime,
+    user_cap: Option<SessionCap>,
 }
 
 impl ChangeSet {
@@ -140,6 +178,7 @@ impl ChangeSet {
             removed: BTreeSet::new(),
             user: UserChange::Keep,
             expires_at,
+            user_cap: None,
         }
     }
 
@@ -165,6 +204,24 @@ impl ChangeSet {
     pub fn set_user(&mut self, user: UserChange) -> &mut Self {
         self.user = user;
         self
+    }
+
+    /// Caps the sessions of the user this change set attaches the session to
+    /// (with [`UserChange::Set`]): the store admits the session under the cap
+    /// atomically, evicting the user's oldest sessions or refusing with
+    /// [`StoreError::TooManySessions`], as the cap's policy says. Ignored by
+    /// change sets that do not set a user.
+    pub fn cap_user_sessions(&mut self, cap: Option<SessionCap>) -> &mut Self {
+        self.user_cap = cap;
+        self
+    }
+
+    /// The cap to apply when the change set attaches the session to a user.
+    pub fn user_cap(&self) -> Option<SessionCap> {
+        match self.user {
+            UserChange::Set(_) => self.user_cap,
+            _ => None,
+        }
     }
 
     /// Moves the expiry.
@@ -291,6 +348,18 @@ impl SessionSummary {
 ///   record.
 /// - Sessions with a user are listed by `user_sessions` while they live, and the
 ///   index forgets them when they are deleted, rotated away or expire.
+/// - Limits: `create`, `save` and `rotate` refuse, with
+///   [`StoreError::TooLarge`] and without writing anything, a record whose
+///   data would exceed the store's size limit (by default
+///   [`DEFAULT_MAX_SESSION_BYTES`], counted as [`ChangeSet::bytes_after`]
+///   does), judged against the record as it is at the time of the write; a
+///   change set that sets no value is never refused for size. A change set
+///   that attaches a session to a user under a [`SessionCap`] is admitted
+///   atomically: however many logins of one user race, on however many
+///   instances, the user never ends up with more live sessions than the cap.
+/// - Formats: a record marked with a stored format newer than
+///   [`STORED_FORMAT`] is neither returned nor changed: the call fails with
+///   [`StoreError::UnsupportedFormat`].
 ///
 /// The trait is object safe: the layer keeps stores as `Arc<dyn SessionStore>`,
 /// so a store can be chosen at run time.

@@ -28,7 +28,11 @@ macro_rules! demo_contract {
             concurrent_requests_changing_different_keys_all_persist,
             idle_timeout_ends_an_unused_session,
             activity_keeps_a_session_past_the_idle_timeout,
-            absolute_timeout_ends_even_an_active_session
+            absolute_timeout_ends_even_an_active_session,
+            oversized_put_is_413_and_changes_nothing,
+            concurrent_puts_that_together_pass_the_limit_are_refused_at_save,
+            logins_beyond_the_user_cap_end_the_oldest_sessions,
+            logins_beyond_a_refusing_cap_are_409_and_log_nobody_out
         );
     };
     (shared $store:expr) => {
@@ -36,7 +40,8 @@ macro_rules! demo_contract {
         $crate::common::demo_contract::demo_contract!(@tests $store;
             instances_sharing_a_store_serve_one_session,
             rotated_keys_are_accepted_across_instances,
-            sessions_survive_the_loss_of_an_instance
+            sessions_survive_the_loss_of_an_instance,
+            racing_logins_on_two_instances_never_pass_the_user_cap
         );
     };
     (@tests $store:expr; $($check:ident),+ $(,)?) => {
@@ -444,6 +449,193 @@ pub async fn sessions_survive_the_loss_of_an_instance(store: &str) {
     client.base = b.base.clone();
     assert_eq!(client.get("/me").await.body["user"], "carol");
     assert_eq!(client.get("/counter").await.body["count"], 2);
+}
+
+/// A JSON string of `len` bytes of text.
+fn text(len: usize) -> serde_json::Value {
+    json!("x".repeat(len))
+}
+
+pub async fn oversized_put_is_413_and_changes_nothing(store: &str) {
+    // The default limit: 64 KiB of keys and JSON text.
+    let demo = demo(store, &[]);
+    let mut client = demo.client();
+    assert_eq!(client.put("/kv/first", text(40_000)).await.status, 200);
+    let before = client.get("/session").await.body["data"].clone();
+    for (key, len) in [("second", 30_000), ("huge", 1_500_000)] {
+        let reply = client.put(&format!("/kv/{key}"), text(len)).await;
+        assert_eq!(reply.status, 413, "{key}: {:?}", reply.body);
+        assert!(reply.body["instance"].is_string(), "{:?}", reply.body);
+        assert!(
+            !reply.body.to_string().contains("xxxxxxxx"),
+            "the error repeats the value"
+        );
+        assert_eq!(reply.set_cookie, None);
+    }
+    assert_eq!(client.get("/session").await.body["data"], before);
+    // Replacing the big value by a smaller one is fine.
+    assert_eq!(client.put("/kv/first", text(60_000)).await.status, 200);
+    assert_eq!(client.get("/kv/first").await.body["value"], text(60_000));
+}
+
+pub async fn concurrent_puts_that_together_pass_the_limit_are_refused_at_save(store: &str) {
+    // Both requests load the session before either saves (each waits before
+    // answering), so each fits alone; the store refuses the second save.
+    let demo = demo(store, &[]);
+    let mut client = demo.client();
+    client.put("/kv/seed", json!(1)).await;
+    let puts: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|key| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let path = format!("/kv/{key}?delay_ms=300");
+                let reply = client
+                    .send_keeping_cookie(Method::PUT, &path, Some(text(40_000)))
+                    .await;
+                (key, reply.status)
+            })
+        })
+        .collect();
+    let mut saved = Vec::new();
+    let mut statuses = Vec::new();
+    for put in puts {
+        let (key, status) = put.await.unwrap();
+        statuses.push(status);
+        if status == 200 {
+            saved.push(key);
+        }
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 413]);
+    let data = client.get("/session").await.body["data"].clone();
+    let mut keys: Vec<&str> = data
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    let mut expected = [vec!["seed"], saved].concat();
+    expected.sort_unstable();
+    assert_eq!(keys, expected, "only the saved PUT is there");
+}
+
+/// Logs `count` new clients in as `user`, one after another; returns them.
+async fn log_in_clients(demo: &Demo, user: &str, count: usize) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for _ in 0..count {
+        let mut client = demo.client();
+        let reply = client.post("/login", Some(json!({"user": user}))).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        clients.push(client);
+    }
+    clients
+}
+
+/// Which of `clients` are logged in as `user`.
+async fn logged_in(clients: &mut [Client], user: &str) -> Vec<bool> {
+    let mut who = Vec::new();
+    for client in clients {
+        who.push(client.get("/me").await.body["user"] == json!(user));
+    }
+    who
+}
+
+pub async fn logins_beyond_the_user_cap_end_the_oldest_sessions(store: &str) {
+    let demo = demo(store, &[("UNSTUCK_MAX_SESSIONS_PER_USER", "2")]);
+    let user = format!("capped-{}", rand_tag());
+    let mut clients = log_in_clients(&demo, &user, 4).await;
+    let who = logged_in(&mut clients, &user).await;
+    assert_eq!(who.iter().filter(|&&w| w).count(), 2, "{who:?}");
+    assert!(
+        !who[0] && who[3],
+        "the oldest went, the newest stayed: {who:?}"
+    );
+    let listed = clients[3].get("/sessions").await;
+    assert_eq!(listed.body["sessions"].as_array().unwrap().len(), 2);
+    // Another user is not affected.
+    let mut other = log_in_clients(&demo, &format!("other-{}", rand_tag()), 1).await;
+    assert_eq!(other[0].get("/me").await.status, 200);
+    assert_eq!(logged_in(&mut clients, &user).await, who);
+}
+
+pub async fn logins_beyond_a_refusing_cap_are_409_and_log_nobody_out(store: &str) {
+    let demo = demo(
+        store,
+        &[
+            ("UNSTUCK_MAX_SESSIONS_PER_USER", "1"),
+            ("UNSTUCK_SESSION_CAP_POLICY", "refuse"),
+        ],
+    );
+    let user = format!("refused-{}", rand_tag());
+    let mut first = log_in_clients(&demo, &user, 1).await.remove(0);
+    let mut second = demo.client();
+    second.put("/kv/cart", json!([1, 2])).await;
+    let refused = second.post("/login", Some(json!({"user": user}))).await;
+    assert_eq!(refused.status, 409, "{refused:?}");
+    assert_eq!(first.get("/me").await.body["user"], json!(user));
+    assert_eq!(second.get("/me").await.body["user"], json!(null));
+    assert_eq!(second.get("/kv/cart").await.body["value"], json!([1, 2]));
+    first.post("/logout", None).await;
+    assert_eq!(
+        second
+            .post("/login", Some(json!({"user": user})))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(second.get("/me").await.body["user"], json!(user));
+}
+
+pub async fn racing_logins_on_two_instances_never_pass_the_user_cap(store: &str) {
+    const LOGINS: usize = 10;
+    let env = [
+        ("UNSTUCK_SECRET", SECRET_A),
+        ("UNSTUCK_MAX_SESSIONS_PER_USER", "2"),
+    ];
+    let a = demo(store, &env);
+    let b = demo(store, &env);
+    let user = format!("racer-{}", rand_tag());
+    let logins: Vec<_> = (0..LOGINS)
+        .map(|i| {
+            let mut client = if i % 2 == 0 { a.client() } else { b.client() };
+            let user = user.clone();
+            tokio::spawn(async move {
+                let reply = client.post("/login", Some(json!({"user": user}))).await;
+                // 409: evicted by a racing login before its own was saved.
+                assert!(matches!(reply.status, 200 | 409), "{reply:?}");
+                client
+            })
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for login in logins {
+        clients.push(login.await.unwrap());
+    }
+    let who = logged_in(&mut clients, &user).await;
+    assert_eq!(who.iter().filter(|&&w| w).count(), 2, "{who:?}");
+    let mut survivor = clients.into_iter().zip(who).find(|(_, w)| *w).unwrap().0;
+    let listed = survivor.get("/sessions").await;
+    assert_eq!(
+        listed.body["sessions"].as_array().unwrap().len(),
+        2,
+        "{listed:?}"
+    );
+}
+
+/// Logs a new client in as a fresh user and stores `value` under `note`;
+/// returns the client and its session's storage key (from `GET /sessions`),
+/// for tests that look at the record in the store.
+#[allow(dead_code)] // used by the store-specific demo tests
+pub async fn logged_in_with_a_value(demo: &Demo, value: serde_json::Value) -> (Client, String) {
+    let mut client = demo.client();
+    let user = format!("fmt-{}", rand_tag());
+    client.post("/login", Some(json!({"user": user}))).await;
+    assert_eq!(client.put("/kv/note", value).await.status, 200);
+    let listed = client.get("/sessions").await;
+    let key = listed.body["sessions"][0]["key"].as_str().unwrap();
+    (client, key.to_owned())
 }
 
 fn rand_tag() -> String {

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
-use crate::store::{ChangeSet, Data, Record, StoreError, UserChange};
+use crate::store::{ChangeSet, Data, Record, STORED_FORMAT, StoreError, UserChange};
 
 /// Maps sqlx errors onto the two kinds the layer tells apart: "try again later"
 /// (answered with 503) and everything else.
@@ -81,6 +81,18 @@ pub(super) fn user_mode(change: &UserChange) -> (i32, Option<&str>) {
 
 pub(super) fn split_inserted(changes: &ChangeSet) -> (Vec<&str>, Vec<&str>) {
     changes.inserted().unzip()
+}
+
+/// Refuses a row marked with a stored format other than 1 (`NULL` is 1).
+pub(super) fn check_format(row: &PgRow) -> Result<(), StoreError> {
+    let format: Option<i16> = row.try_get("format").map_err(StoreError::backend)?;
+    match format {
+        None | Some(1) => Ok(()),
+        Some(found) => Err(StoreError::UnsupportedFormat {
+            found: u32::try_from(found).unwrap_or(u32::MAX),
+            supported: STORED_FORMAT,
+        }),
+    }
 }
 
 pub(super) fn record_from_row(row: &PgRow) -> Result<Record, sqlx::Error> {

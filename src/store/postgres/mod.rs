@@ -3,6 +3,7 @@
 mod cleanup;
 mod codec;
 mod sql;
+mod write;
 /// The decoders a load runs on a row's timestamps and `jsonb` text, for the
 /// fuzz targets.
 #[cfg(feature = "fuzzing")]
@@ -30,10 +31,16 @@ use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::OnceCell;
 
 pub use self::cleanup::PostgresCleanup;
-use self::codec::{from_millis, millis, record_from_row, split_inserted, store_error, user_mode};
+use self::codec::{
+    check_format, from_millis, millis, record_from_row, split_inserted, store_error, user_mode,
+};
 pub use self::sql::InvalidIdentifier;
 use self::sql::{Statements, checked_identifier};
-use super::{ChangeSet, Record, SaveOutcome, SessionStore, SessionSummary, StoreError};
+use self::write::{Refusal, capped_join};
+use super::{
+    ChangeSet, DEFAULT_MAX_SESSION_BYTES, Record, SaveOutcome, SessionStore, SessionSummary,
+    StoreError, data_bytes,
+};
 use crate::events::SessionEvents;
 use crate::id::StorageKey;
 
@@ -77,6 +84,21 @@ const MIGRATION_LOCK_CLASS: i32 = 0x756e_7374;
 /// | `user_id` | `text`, indexed | the session's user, for "log out everywhere" |
 /// | `created_at_ms` | `bigint` | Unix time in milliseconds |
 /// | `expires_at_ms` | `bigint`, indexed | Unix time in milliseconds |
+/// | `format` | `smallint` | stored format; `NULL` means 1 |
+///
+/// A session holds at most 64 KiB of keys and values unless
+/// [`with_max_session_bytes`](Self::with_max_session_bytes) says otherwise.
+/// Values count as `jsonb` prints them, so objects and arrays count a byte
+/// more per `,` and `:` than their compact JSON; each write checks the limit
+/// against the row as it is when the row is locked, so concurrent saves
+/// cannot pass it together. Tables created by earlier releases gain the
+/// `format` column on first use (a catalog-only change); their rows are
+/// format 1. Rows marked with a later format are neither read nor changed.
+///
+/// Under a [`SessionCap`], a login takes a transaction-scoped advisory lock
+/// on its user, counts the user's live sessions, and deletes the oldest (by
+/// creation) or refuses, in the transaction that writes the session: logins
+/// of one user queue on that lock across every instance.
 ///
 /// Expired rows are invisible at once. They stay in the table until deleted:
 /// run [`spawn_cleanup`](Self::spawn_cleanup) (or
@@ -119,6 +141,7 @@ pub struct PostgresStore {
     inner: Arc<Inner>,
     /// Where the cleanup reports the sessions it deletes.
     events: Option<SessionEvents>,
+    max_session_bytes: usize,
 }
 
 struct Inner {
@@ -179,7 +202,20 @@ impl PostgresStore {
             pool,
             inner: Arc::new(Inner::new(None, DEFAULT_TABLE.to_owned())),
             events: None,
+            max_session_bytes: DEFAULT_MAX_SESSION_BYTES,
         }
+    }
+
+    /// The most bytes of keys and values one session may hold (default 64
+    /// KiB); writes that would pass it fail with [`StoreError::TooLarge`]
+    /// and write nothing.
+    pub fn with_max_session_bytes(mut self, bytes: usize) -> Self {
+        self.max_session_bytes = bytes;
+        self
+    }
+
+    fn limit(&self) -> i64 {
+        i64::try_from(self.max_session_bytes).unwrap_or(i64::MAX)
     }
 
     /// Keeps sessions in `table` instead of `unstuck_sessions`.
@@ -212,6 +248,7 @@ impl PostgresStore {
             pool: self.pool,
             inner: Arc::new(Inner::new(schema, table)),
             events: self.events,
+            max_session_bytes: self.max_session_bytes,
         }
     }
 
@@ -282,13 +319,21 @@ impl SessionStore for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(store_error)?;
-        row.as_ref()
-            .map(record_from_row)
-            .transpose()
-            .map_err(StoreError::backend)
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        check_format(&row)?;
+        record_from_row(&row).map(Some).map_err(StoreError::backend)
     }
 
     async fn create(&self, key: &StorageKey, record: &Record) -> Result<bool, StoreError> {
+        let size = data_bytes(&record.data);
+        if size > self.max_session_bytes {
+            return Err(StoreError::TooLarge {
+                size,
+                limit: self.max_session_bytes,
+            });
+        }
         let sql = self.ready().await?;
         let (keys, values): (Vec<&str>, Vec<&str>) = record
             .data
@@ -310,33 +355,21 @@ impl SessionStore for PostgresStore {
     }
 
     async fn save(&self, key: &StorageKey, changes: &ChangeSet) -> Result<SaveOutcome, StoreError> {
-        let sql = self.ready().await?;
+        self.ready().await?;
         let now = millis(SystemTime::now());
-        let query = if changes.is_touch_only() {
-            sqlx::query(sql.touch.sql())
-                .bind(key.as_str())
-                .bind(millis(changes.expires_at()))
-                .bind(now)
-        } else {
-            let (keys, values) = split_inserted(changes);
-            let removed: Vec<&str> = changes.removed().collect();
-            let (mode, user) = user_mode(changes.user());
-            sqlx::query(sql.save.sql())
-                .bind(key.as_str())
-                .bind(removed)
-                .bind(keys)
-                .bind(values)
-                .bind(mode)
-                .bind(user)
-                .bind(millis(changes.expires_at()))
-                .bind(now)
+        let Some((user, cap)) = capped_join(changes) else {
+            let mut conn = self.pool.acquire().await.map_err(store_error)?;
+            return self.save_on(&mut conn, key, changes, now).await;
         };
-        let result = query.execute(&self.pool).await.map_err(store_error)?;
-        Ok(if result.rows_affected() == 1 {
-            SaveOutcome::Applied
-        } else {
-            SaveOutcome::Gone
-        })
+        // A login under a cap: admission and save in one transaction, so a
+        // refused save also undoes the evictions.
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        self.admit(&mut tx, user, cap, &[key.as_str()], now).await?;
+        let outcome = self.save_on(&mut tx, key, changes, now).await?;
+        if outcome == SaveOutcome::Applied {
+            tx.commit().await.map_err(store_error)?;
+        }
+        Ok(outcome)
     }
 
     async fn rotate(
@@ -359,6 +392,10 @@ impl SessionStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
+        if let Some((user, cap)) = capped_join(changes) {
+            self.admit(&mut tx, user, cap, &[from.as_str(), to.as_str()], now)
+                .await?;
+        }
         let moved = sqlx::query(sql.rotate.sql())
             .bind(from.as_str())
             .bind(now)
@@ -369,6 +406,7 @@ impl SessionStore for PostgresStore {
             .bind(mode)
             .bind(user)
             .bind(millis(changes.expires_at()))
+            .bind(self.limit())
             .execute(&mut *tx)
             .await
             .map_err(|error| {
@@ -381,12 +419,17 @@ impl SessionStore for PostgresStore {
                     store_error(error)
                 }
             })?;
+        if moved.rows_affected() == 0 {
+            // Rolled back with the transaction: nothing moved, nobody evicted.
+            return match self.refusal(&mut tx, from, changes, now).await? {
+                Refusal::Error(error) => Err(error),
+                // Changed under the rotation: the caller sees it as gone
+                // rather than retrying a login blind.
+                Refusal::Gone | Refusal::Retry => Ok(SaveOutcome::Gone),
+            };
+        }
         tx.commit().await.map_err(store_error)?;
-        Ok(if moved.rows_affected() == 1 {
-            SaveOutcome::Applied
-        } else {
-            SaveOutcome::Gone
-        })
+        Ok(SaveOutcome::Applied)
     }
 
     async fn delete(&self, key: &StorageKey) -> Result<bool, StoreError> {

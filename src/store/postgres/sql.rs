@@ -80,6 +80,10 @@ pub(super) struct Statements {
     pub(super) user_sessions: Sql,
     pub(super) delete_user_sessions: Sql,
     pub(super) delete_expired: Sql,
+    pub(super) refusal: Sql,
+    pub(super) cap_lock: Sql,
+    pub(super) cap_held: Sql,
+    pub(super) cap_evict: Sql,
 }
 
 /// `user_id` after a change set, given its mode (`$mode`: 0 keep, 1 set, 2
@@ -95,6 +99,26 @@ fn object_expr(keys: &str, values: &str) -> String {
     format!(
         "(SELECT coalesce(jsonb_object_agg(x.k, x.v::jsonb), '{{}}'::jsonb) \
          FROM unnest({keys}::text[], {values}::text[]) AS x(k, v))"
+    )
+}
+
+/// The size of a `jsonb` session object: its keys and its values as
+/// PostgreSQL prints them (strings and numbers as JSON has them; objects and
+/// arrays with a space after each `,` and `:`).
+fn size_expr(data: &str) -> String {
+    format!(
+        "(SELECT coalesce(sum(octet_length(e.key) + octet_length(e.value::text)), 0) \
+         FROM jsonb_each({data}) AS e)"
+    )
+}
+
+/// The rows a write may change: stored format 1 (`NULL`, the column's value in
+/// every row written before it existed, or 1), and, when the write sets values
+/// (`$set` non-empty), a result within the limit (`$limit`).
+fn writable(data: &str, set: &str, limit: &str) -> String {
+    format!(
+        "coalesce(format, 1) = 1 AND (cardinality({set}::text[]) = 0 OR {size} <= {limit})",
+        size = size_expr(data)
     )
 }
 
@@ -123,6 +147,24 @@ impl Statements {
             )
             .into(),
         );
+        // The stored format: NULL is format 1, so rows written before the
+        // column existed, and by releases that do not write it, are format 1
+        // as they stand. Adding a nullable column rewrites nothing, but
+        // `ALTER TABLE` takes the table's strongest lock even when the column
+        // exists (stalling every session write while it waits): so it runs
+        // only when the catalog says the column is missing, and before the
+        // `CREATE INDEX`es, whose share lock it would otherwise have to
+        // upgrade (a deadlock with a login transaction upgrading its own).
+        migrate.push(
+            format!(
+                "DO $$ BEGIN \
+                 IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{t}'::regclass \
+                 AND attname = 'format' AND NOT attisdropped) THEN \
+                 ALTER TABLE {t} ADD COLUMN format smallint; \
+                 END IF; END $$"
+            )
+            .into(),
+        );
         migrate.push(
             format!(
                 "CREATE INDEX IF NOT EXISTS {user_index} ON {t} (user_id) WHERE user_id IS NOT NULL"
@@ -138,7 +180,7 @@ impl Statements {
             // Keys and values come back as two arrays aggregated in one pass, so
             // they stay in step.
             load: sql(format!(
-                "SELECT s.user_id, s.created_at_ms, s.expires_at_ms, d.keys, d.vals \
+                "SELECT s.user_id, s.created_at_ms, s.expires_at_ms, s.format, d.keys, d.vals \
                  FROM {t} AS s CROSS JOIN LATERAL \
                  (SELECT array_agg(e.key) AS keys, array_agg(e.value::text) AS vals \
                   FROM jsonb_each(s.data) AS e) AS d \
@@ -157,17 +199,26 @@ impl Statements {
             )),
             // One statement, applied to the row as it is when the row lock is
             // granted: concurrent saves merge instead of overwriting each other.
+            // The limit is judged against the row as it is when its lock is
+            // granted (READ COMMITTED re-evaluates the WHERE on the latest
+            // version), so concurrent saves cannot pass it together.
             save: sql(format!(
                 "UPDATE {t} SET \
                  data = (data - $2::text[]) || {data}, \
                  user_id = {user}, \
                  expires_at_ms = $7 \
-                 WHERE storage_key = $1 AND expires_at_ms > $8",
+                 WHERE storage_key = $1 AND expires_at_ms > $8 AND {writable}",
                 data = object_expr("$3", "$4"),
                 user = user_expr("user_id", "$5", "$6"),
+                writable = writable(
+                    &format!("(data - $2::text[]) || {}", object_expr("$3", "$4")),
+                    "$3",
+                    "$9"
+                ),
             )),
             touch: sql(format!(
-                "UPDATE {t} SET expires_at_ms = $2 WHERE storage_key = $1 AND expires_at_ms > $3"
+                "UPDATE {t} SET expires_at_ms = $2 \
+                 WHERE storage_key = $1 AND expires_at_ms > $3 AND coalesce(format, 1) = 1"
             )),
             clear_expired_key: sql(format!(
                 "DELETE FROM {t} WHERE storage_key = $1 AND expires_at_ms <= $2"
@@ -176,13 +227,18 @@ impl Statements {
             // which rolls the move back.
             rotate: sql(format!(
                 "WITH old AS (\
-                 DELETE FROM {t} WHERE storage_key = $1 AND expires_at_ms > $2 \
+                 DELETE FROM {t} WHERE storage_key = $1 AND expires_at_ms > $2 AND {writable} \
                  RETURNING data, user_id, created_at_ms) \
                  INSERT INTO {t} (storage_key, data, user_id, created_at_ms, expires_at_ms) \
                  SELECT $3, (old.data - $4::text[]) || {data}, {user}, old.created_at_ms, $9 \
                  FROM old",
                 data = object_expr("$5", "$6"),
                 user = user_expr("old.user_id", "$7", "$8"),
+                writable = writable(
+                    &format!("(data - $4::text[]) || {}", object_expr("$5", "$6")),
+                    "$5",
+                    "$10"
+                ),
             )),
             delete: sql(format!(
                 "DELETE FROM {t} WHERE storage_key = $1 RETURNING expires_at_ms > $2"
@@ -195,6 +251,27 @@ impl Statements {
             delete_user_sessions: sql(format!(
                 "WITH d AS (DELETE FROM {t} WHERE user_id = $1 RETURNING expires_at_ms) \
                  SELECT count(*) FILTER (WHERE expires_at_ms > $2) FROM d"
+            )),
+            // Why a write changed no row: the live row's format and the size
+            // the changes would give it (none: the session is gone).
+            refusal: sql(format!(
+                "SELECT coalesce(format, 1)::int AS format, {size}::bigint AS size FROM {t} \
+                 WHERE storage_key = $1 AND expires_at_ms > $2",
+                size = size_expr(&format!(
+                    "(data - $3::text[]) || {}",
+                    object_expr("$4", "$5")
+                )),
+            )),
+            // Admissions of one user's sessions queue on a lock of their own
+            // (a hash of the user: a collision only makes two users queue).
+            cap_lock: sql("SELECT pg_advisory_xact_lock($1, hashtext($2))".to_owned()),
+            cap_held: sql(format!(
+                "SELECT storage_key FROM {t} \
+                 WHERE user_id = $1 AND expires_at_ms > $2 AND storage_key <> ALL($3::text[]) \
+                 ORDER BY created_at_ms, storage_key"
+            )),
+            cap_evict: sql(format!(
+                "DELETE FROM {t} WHERE storage_key = ANY($1::text[]) AND user_id = $2"
             )),
             // SKIP LOCKED lets concurrent cleaners share the work; FOR UPDATE
             // rechecks the expiry against a concurrent refresh.

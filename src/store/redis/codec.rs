@@ -10,13 +10,20 @@ use deadpool_redis::redis::{self, FromRedisValue, Value};
 use sha2::{Digest, Sha256};
 
 use crate::id::StorageKey;
-use crate::store::{Record, StoreError, Version};
+use crate::store::{Record, STORED_FORMAT, StoreError, Version};
 
 pub(super) const CREATED: &str = "m:created";
 pub(super) const EXPIRES: &str = "m:expires";
 pub(super) const USER: &str = "m:user";
 pub(super) const VERSION: &str = "m:v";
 pub(super) const INDEX_SCORE: &str = "m:iscore";
+/// The session's size, stamped with the version it was counted at (see
+/// [`scripts`](super::scripts)).
+pub(super) const SIZE: &str = "m:sz";
+/// The stored format, written only when it is not 1 (absent = format 1, the
+/// only one so far), so records cost no byte for it and every hash written
+/// before formats were named reads as what it is.
+pub(super) const FORMAT: &str = "m:fmt";
 pub(super) const DATA: &str = "d:";
 
 /// The session hash's key: the braces are a Cluster hash tag, so everything
@@ -50,12 +57,24 @@ pub(super) struct SaveReply {
 }
 
 impl SaveReply {
-    /// A session that is gone gives three elements, an applied save five.
+    /// A session that is gone gives three elements, an applied save five; a
+    /// save refused for size (2) or format (3) is an error.
     pub fn parse(reply: Vec<Value>) -> Result<Self, StoreError> {
         let mut reply = reply.into_iter();
         let mut next = || reply.next().unwrap_or(Value::Nil);
+        let code = field::<i64>(next())?;
+        match code {
+            2 => {
+                return Err(StoreError::TooLarge {
+                    size: field(next())?,
+                    limit: field(next())?,
+                });
+            }
+            3 => return Err(unsupported(&field::<String>(next())?)),
+            _ => {}
+        }
         Ok(Self {
-            applied: field::<i64>(next())? == 1,
+            applied: code == 1,
             previous: field(next())?,
             current: field(next())?,
             version: Version::new(field::<Option<u64>>(next())?.unwrap_or(0)),
@@ -93,8 +112,23 @@ pub(super) fn decode_versioned(
     Ok((decode(fields)?, Version::new(version)))
 }
 
+/// The error for a hash in stored format `found` (anything but 1).
+pub(super) fn unsupported(found: &str) -> StoreError {
+    StoreError::UnsupportedFormat {
+        // A format that is not even a number is from no release we know.
+        found: found.parse().unwrap_or(u32::MAX),
+        supported: STORED_FORMAT,
+    }
+}
+
 /// Rebuilds a record from its hash fields.
+///
+/// # Errors
+/// A hash in a stored format other than 1 is refused, not guessed at.
 pub(super) fn decode(fields: HashMap<String, String>) -> Result<Record, StoreError> {
+    if let Some(found) = fields.get(FORMAT).filter(|f| *f != "1") {
+        return Err(unsupported(found));
+    }
     let mut data = HashMap::with_capacity(fields.len());
     let (mut created, mut expires, mut user) = (None, None, None);
     for (field, value) in fields {
@@ -159,6 +193,42 @@ mod tests {
         assert_eq!(record.data.len(), 2);
         assert_eq!(record.data["count"], "3");
         assert_eq!(record.data["d:odd"], "\"x\"");
+    }
+
+    #[test]
+    fn format_1_is_the_absence_of_a_format_and_later_formats_are_refused() {
+        let today = [("m:created", "1000"), ("m:expires", "5000"), ("d:a", "1")];
+        assert!(decode(fields(&today)).is_ok());
+        let marked = [&today[..], &[("m:fmt", "1")]].concat();
+        assert!(decode(fields(&marked)).is_ok());
+        for later in ["2", "x"] {
+            let newer = [&today[..], &[("m:fmt", later)]].concat();
+            assert!(matches!(
+                decode(fields(&newer)),
+                Err(StoreError::UnsupportedFormat { supported: 1, .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn refused_saves_parse_as_errors() {
+        let too_large = SaveReply::parse(vec![
+            Value::Int(2),
+            Value::Int(70_000),
+            Value::BulkString(b"65536".to_vec()),
+        ]);
+        assert!(matches!(
+            too_large,
+            Err(StoreError::TooLarge {
+                size: 70_000,
+                limit: 65_536
+            })
+        ));
+        let format = SaveReply::parse(vec![Value::Int(3), Value::BulkString(b"2".to_vec())]);
+        assert!(matches!(
+            format,
+            Err(StoreError::UnsupportedFormat { found: 2, .. })
+        ));
     }
 
     #[test]

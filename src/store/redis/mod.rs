@@ -11,6 +11,7 @@ mod scripts;
 mod sentinel_watch;
 mod tracking;
 mod url;
+mod write;
 /// The decoders a load runs on what Redis holds, for the fuzz targets.
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzzing {
@@ -36,12 +37,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use deadpool_redis::redis::{self, AsyncConnectionConfig, Cmd, Value};
+use deadpool_redis::redis::{self, AsyncConnectionConfig};
 use deadpool_redis::{Runtime, cluster, sentinel};
 
 use self::codec::{
-    CREATED, DATA, EXPIRES, INDEX_SCORE, SaveReply, USER, decode, from_millis, index_score, millis,
-    session_key,
+    CREATED, DATA, EXPIRES, USER, decode, from_millis, index_score, session_key, unsupported,
 };
 use self::conn::{Backend, Conn, Connections};
 use self::errors::{TimedOut, is_unavailable, map_pool_error, map_redis_error};
@@ -49,7 +49,8 @@ pub use self::expiry::RedisExpiryEvents;
 pub use self::tracking::RedisChannel;
 
 use super::{
-    ChangeSet, Record, SaveOutcome, SessionStore, SessionSummary, StoreError, UserChange, Version,
+    ChangeSet, DEFAULT_MAX_SESSION_BYTES, Record, SaveOutcome, SessionStore, SessionSummary,
+    StoreError, data_bytes,
 };
 use crate::id::StorageKey;
 
@@ -83,8 +84,21 @@ macro_rules! bounded_pool {
 /// `unstuck:`). The braces are a Cluster hash tag; the storage key is the
 /// SHA-256 of the session ID, so a dump of Redis holds no usable cookie. Values
 /// live in fields `d:<key>` as JSON text, beside `m:created`, `m:expires` (ms
-/// since the Unix epoch) and `m:user`. Redis itself expires the hash
+/// since the Unix epoch) and `m:user`, `m:v` (a version bumped by every save)
+/// and `m:sz` (the session's size). Redis itself expires the hash
 /// (`PEXPIREAT`), so no sweeper is needed.
+///
+/// # Limits and stored format
+/// A session holds at most 64 KiB of keys and JSON text unless
+/// [`with_max_session_bytes`](Self::with_max_session_bytes) says otherwise;
+/// the save script checks it against the hash as it is, so concurrent saves
+/// cannot pass it together. Under a [`SessionCap`](crate::SessionCap), a
+/// login is admitted by a script on the user's index key (atomic however many
+/// instances race), which evicts the user's lowest-scored entries: the
+/// sessions that logged in first (or, for sessions kept alive past their
+/// first idle period, were re-indexed first). Hashes carry their stored
+/// format in `m:fmt` only when it is not 1, so every hash written so far is
+/// format 1 as it stands; one marked with a later format is refused.
 ///
 /// Every write is one Lua script on one key, run with `EVALSHA` (reloaded after a
 /// `NOSCRIPT`): creation refuses a taken key, a save applies only the request's
@@ -165,6 +179,7 @@ pub struct RedisStore {
     prefix: Arc<str>,
     timeout: Duration,
     replica_acks: Option<ReplicaAcks>,
+    max_session_bytes: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -288,7 +303,16 @@ impl RedisStore {
             prefix: DEFAULT_PREFIX.into(),
             timeout: DEFAULT_TIMEOUT,
             replica_acks: None,
+            max_session_bytes: DEFAULT_MAX_SESSION_BYTES,
         }
+    }
+
+    /// The most bytes of keys and JSON text one session may hold (default 64
+    /// KiB); writes that would pass it fail with [`StoreError::TooLarge`] and
+    /// write nothing.
+    pub fn with_max_session_bytes(mut self, bytes: usize) -> Self {
+        self.max_session_bytes = bytes;
+        self
     }
 
     /// Prefixes every key the store writes (default `unstuck:`), so several
@@ -381,120 +405,6 @@ impl RedisStore {
         }
         Ok(slot.as_mut().expect("just filled"))
     }
-
-    /// Applies a save: the script over the near cache's `channel` when given,
-    /// else over the pool, then whatever the user index needs. Returns the
-    /// session's new version.
-    pub(super) async fn save_with(
-        &self,
-        key: &StorageKey,
-        changes: &ChangeSet,
-        channel: Option<&RedisChannel>,
-    ) -> Result<(SaveOutcome, Version), StoreError> {
-        self.bounded(1, async {
-            // A pool connection is only needed for the user index (and for the
-            // save itself without a channel): most saves through the near
-            // cache never touch the pool.
-            let mut pool = None;
-            let score = index_score(changes.expires_at());
-            if let UserChange::Set(user) = changes.user() {
-                let conn = self.lazy_conn(&mut pool).await?;
-                self.index_add(conn, user, key, score).await?;
-            }
-            let args = |cmd: &mut Cmd| {
-                cmd.arg(millis(changes.expires_at()));
-                match changes.user() {
-                    UserChange::Keep => cmd.arg("k").arg(""),
-                    UserChange::Set(user) => cmd.arg("s").arg(user),
-                    UserChange::Clear => cmd.arg("c").arg(""),
-                };
-                cmd.arg(score);
-                cmd.arg(changes.removed().len());
-                for name in changes.removed() {
-                    cmd.arg(format!("{DATA}{name}"));
-                }
-                for (name, json) in changes.inserted() {
-                    cmd.arg(format!("{DATA}{name}")).arg(json);
-                }
-            };
-            let redis_key = self.session_key(key);
-            let reply = match channel {
-                Some(channel) => channel.save_script(&redis_key, args).await?,
-                None => {
-                    let conn = self.lazy_conn(&mut pool).await?;
-                    let reply: Vec<Value> = self
-                        .eval(conn, &scripts::SAVE, &redis_key, args, true)
-                        .await?;
-                    SaveReply::parse(reply)?
-                }
-            };
-            if !reply.applied {
-                if let UserChange::Set(user) = changes.user() {
-                    let conn = self.lazy_conn(&mut pool).await?;
-                    self.index_remove(conn, user, &[key]).await?;
-                }
-                return Ok((SaveOutcome::Gone, reply.version));
-            }
-            if let Some(previous) = reply
-                .previous
-                .as_deref()
-                .filter(|p| Some(*p) != reply.current.as_deref())
-            {
-                let conn = self.lazy_conn(&mut pool).await?;
-                self.index_remove(conn, previous, &[key]).await?;
-            }
-            if let (true, Some(current)) = (reply.rescore, &reply.current) {
-                // Index first, then the record of it: if this stops halfway,
-                // the next save sees the old score and re-scores again.
-                let conn = self.lazy_conn(&mut pool).await?;
-                self.index_add(conn, current, key, score).await?;
-                self.eval::<i64>(
-                    conn,
-                    &scripts::SET_INDEX_SCORE,
-                    &redis_key,
-                    |cmd| {
-                        cmd.arg(score);
-                    },
-                    false,
-                )
-                .await?;
-            }
-            Ok((SaveOutcome::Applied, reply.version))
-        })
-        .await
-    }
-
-    /// Creates the hash; `index_score` is what the user index entry was given
-    /// (ignored without a user).
-    async fn create_record(
-        &self,
-        conn: &mut Conn,
-        key: &StorageKey,
-        record: &Record,
-        index_score: u64,
-    ) -> Result<bool, StoreError> {
-        let created: i64 = self
-            .eval(
-                conn,
-                &scripts::CREATE,
-                &self.session_key(key),
-                |cmd| {
-                    cmd.arg(millis(record.expires_at));
-                    cmd.arg(CREATED).arg(millis(record.created_at));
-                    cmd.arg(EXPIRES).arg(millis(record.expires_at));
-                    if let Some(user) = &record.user {
-                        cmd.arg(USER).arg(user);
-                        cmd.arg(INDEX_SCORE).arg(index_score);
-                    }
-                    for (name, json) in &record.data {
-                        cmd.arg(format!("{DATA}{name}")).arg(json);
-                    }
-                },
-                true,
-            )
-            .await?;
-        Ok(created == 1)
-    }
 }
 
 #[async_trait]
@@ -521,6 +431,13 @@ impl SessionStore for RedisStore {
     }
 
     async fn create(&self, key: &StorageKey, record: &Record) -> Result<bool, StoreError> {
+        let size = data_bytes(&record.data);
+        if size > self.max_session_bytes {
+            return Err(StoreError::TooLarge {
+                size,
+                limit: self.max_session_bytes,
+            });
+        }
         self.bounded(1, async {
             let mut conn = self.conn().await?;
             // Index first: if the session write then fails, the index holds a
@@ -564,30 +481,78 @@ impl SessionStore for RedisStore {
             if taken == 1 {
                 return Err(StoreError::KeyTaken);
             }
-            let fields: HashMap<String, String> = self
+            let taken: Vec<String> = self
                 .eval(
                     &mut conn,
                     &scripts::TAKE,
                     &self.session_key(from),
-                    |_| {},
+                    |cmd| {
+                        if changes.sets_values() {
+                            cmd.arg(self.max_session_bytes);
+                        } else {
+                            cmd.arg(-1);
+                        }
+                        cmd.arg(changes.removed().len());
+                        for name in changes.removed() {
+                            cmd.arg(format!("{DATA}{name}"));
+                        }
+                        for (name, json) in changes.inserted() {
+                            cmd.arg(format!("{DATA}{name}")).arg(json);
+                        }
+                    },
                     true,
                 )
                 .await?;
-            if fields.is_empty() {
+            if let [mark, kind, value] = &taken[..]
+                && mark == "!"
+            {
+                return Err(if kind == "format" {
+                    unsupported(value)
+                } else {
+                    StoreError::TooLarge {
+                        size: value.parse().unwrap_or(usize::MAX),
+                        limit: self.max_session_bytes,
+                    }
+                });
+            }
+            if taken.is_empty() {
                 return Ok(SaveOutcome::Gone);
+            }
+            let mut fields = HashMap::with_capacity(taken.len() / 2);
+            let mut pairs = taken.into_iter();
+            while let (Some(field), Some(value)) = (pairs.next(), pairs.next()) {
+                fields.insert(field, value);
             }
             let original = decode(fields)?;
             let mut record = original.clone();
             changes.apply_to(&mut record);
             let score = index_score(record.expires_at);
+            let cap = changes.user_cap();
             if let Some(user) = &record.user {
-                self.index_add(&mut conn, user, to, score).await?;
+                let joined = self
+                    .index_join(&mut conn, user, to, score, cap, Some(from))
+                    .await;
+                if let Err(error) = joined {
+                    // Refused by the cap (or failed): the session goes back
+                    // where it was, unchanged.
+                    self.create_record(&mut conn, from, &original, 0).await?;
+                    return Err(error);
+                }
             }
             if !self.create_record(&mut conn, to, &record, score).await? {
                 // Only a racing create of the same fresh key gets here: put the
                 // session back rather than lose it.
                 self.create_record(&mut conn, from, &original, 0).await?;
                 return Err(StoreError::KeyTaken);
+            }
+            if let (Some(user), Some(_)) = (&record.user, cap)
+                && !self.still_indexed(&mut conn, user, to).await?
+            {
+                self.delete_owned(&mut conn, to, user).await?;
+                if let Some(user) = &original.user {
+                    self.index_remove(&mut conn, user, &[from]).await?;
+                }
+                return Ok(SaveOutcome::Gone);
             }
             if let Some(user) = &original.user {
                 self.index_remove(&mut conn, user, &[from]).await?;

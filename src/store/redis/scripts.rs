@@ -23,9 +23,49 @@ local function each_chunk(first, last, step, f)
 end
 ";
 
+/// The session's size (bytes of keys and JSON text, `d:` prefixes not
+/// counted) is kept in `m:sz` as `<m:v>:<bytes>`: a save adjusts it by what it
+/// changes instead of reading every field. A count stamped with another
+/// version than the hash's `m:v` was left behind by a writer that did not keep
+/// it (a record from before sizes were counted, or an older release during a
+/// rollback), and is recounted from the fields once.
+///
+/// `size_after(key, meta_v, meta_sz, first, last)` is the size once the
+/// removed fields `ARGV[first..=last]` and the field/value pairs after them
+/// are applied. Values are JSON text, never empty, so `HSTRLEN` 0 means absent.
+const SIZE_HELPERS: &str = r"
+local function full_size(key)
+  local all = redis.call('HGETALL', key)
+  local n = 0
+  for i = 1, #all, 2 do
+    if string.sub(all[i], 1, 2) == 'd:' then n = n + #all[i] - 2 + #all[i + 1] end
+  end
+  return n
+end
+local function counted(meta_v, meta_sz)
+  if not meta_sz then return nil end
+  local sv, sb = string.match(meta_sz, '^(%d+):(%d+)$')
+  if sb and sv == meta_v then return tonumber(sb) end
+  return nil
+end
+local function size_after(key, meta_v, meta_sz, first, last)
+  local size = counted(meta_v, meta_sz) or full_size(key)
+  for i = first, last do
+    local l = redis.call('HSTRLEN', key, ARGV[i])
+    if l > 0 then size = size - l - #ARGV[i] + 2 end
+  end
+  for i = last + 1, #ARGV, 2 do
+    local l = redis.call('HSTRLEN', key, ARGV[i])
+    if l > 0 then size = size - l - #ARGV[i] + 2 end
+    size = size + #ARGV[i] - 2 + #ARGV[i + 1]
+  end
+  return size
+end
+";
+
 /// `KEYS[1]` session hash; `ARGV[1]` expiry (ms since the epoch); `ARGV[2..]`
-/// field/value pairs (metadata and data). Returns 1 when created, 0 when the key
-/// is taken. An expiry in the past makes `PEXPIREAT` delete the key at once, so a
+/// field/value pairs (metadata, `m:sz` stamped with version 1, and data).
+/// Returns 1 when created, 0 when the key is taken. An expiry in the past makes `PEXPIREAT` delete the key at once, so a
 /// record born expired leaves nothing behind.
 pub(super) static CREATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
@@ -43,13 +83,25 @@ return 1
 /// `KEYS[1]` session hash; `ARGV[1]` new expiry (ms); `ARGV[2]` user change
 /// (`k`eep, `s`et, `c`lear); `ARGV[3]` new user (for `s`); `ARGV[4]` the user
 /// index score the caller gave (for `s`) or would give (for `k`) this session;
-/// `ARGV[5]` number of removed fields, then those fields, then field/value pairs
-/// to set. Every applied save bumps the session's version `m:v`.
+/// `ARGV[5]` the size limit in bytes; `ARGV[6]` number of removed fields, then
+/// those fields, then field/value pairs to set. Every applied save bumps the
+/// session's version `m:v`.
 ///
 /// Returns `{1, previous user, current user, version, rescore}`, where `rescore`
 /// is 1 when the session's user index entry (score recorded in `m:iscore`) would
 /// expire before the session now does; a missing key gives `{0, nil, nil}` and
-/// is left missing, so a late save cannot resurrect a session.
+/// is left missing, so a late save cannot resurrect a session. A save that sets
+/// values and would take the session past the limit writes nothing and gives
+/// `{2, size, limit}`; a hash in a stored format other than 1 (`m:fmt`) is not
+/// touched and gives `{3, format}`.
+///
+/// Beyond a plain write, a save costs one `HSTRLEN` per changed field, the
+/// `m:sz` field in the `HSET` it already made, and some Lua; the metadata
+/// comes in one `HMGET` that also tells whether the session exists (where an
+/// `EXISTS` and an `HGET` were). A touch only re-stamps `m:sz`. Measured with
+/// `redis-benchmark` and `INFO commandstats` on a loaded 2-core machine, the
+/// server time of a save setting one value in a ten-field session went from
+/// 6.7 to 9.7 µs (best of six runs of 30 000).
 ///
 /// The final read of `m:v` also makes Redis track the key again for the calling
 /// connection: a write drops a key from Redis's tracking table, even for the
@@ -57,12 +109,22 @@ return 1
 /// the near cache would miss later invalidations.
 pub(super) static SAVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{HELPERS}
+        "{HELPERS}{SIZE_HELPERS}
 local key = KEYS[1]
-if redis.call('EXISTS', key) == 0 then return {{0, false, false}} end
-local previous = redis.call('HGET', key, 'm:user')
-local removed_last = 5 + tonumber(ARGV[5])
-each_chunk(6, removed_last, 1000, function(i, j) redis.call('HDEL', key, unpack(ARGV, i, j)) end)
+-- Every session hash has `m:created`: without it the session is gone.
+local meta = redis.call('HMGET', key, 'm:created', 'm:user', 'm:v', 'm:sz', 'm:fmt')
+if not meta[1] then return {{0, false, false}} end
+if meta[5] and meta[5] ~= '1' then return {{3, meta[5]}} end
+local previous = meta[2]
+local removed_last = 6 + tonumber(ARGV[6])
+local size = nil
+if removed_last >= 7 or removed_last < #ARGV then
+  size = size_after(key, meta[3], meta[4], 7, removed_last)
+  if removed_last < #ARGV and size > tonumber(ARGV[5]) then return {{2, size, ARGV[5]}} end
+else
+  size = counted(meta[3], meta[4])
+end
+each_chunk(7, removed_last, 1000, function(i, j) redis.call('HDEL', key, unpack(ARGV, i, j)) end)
 each_chunk(removed_last + 1, #ARGV, 1000, function(i, j) redis.call('HSET', key, unpack(ARGV, i, j)) end)
 local current = previous
 local rescore = 0
@@ -75,8 +137,12 @@ elseif ARGV[2] == 'c' then
 elseif current and tonumber(ARGV[1]) > tonumber(redis.call('HGET', key, 'm:iscore') or '0') then
   rescore = 1
 end
-redis.call('HSET', key, 'm:expires', ARGV[1])
-redis.call('HINCRBY', key, 'm:v', 1)
+local v = redis.call('HINCRBY', key, 'm:v', 1)
+if size then
+  redis.call('HSET', key, 'm:expires', ARGV[1], 'm:sz', v .. ':' .. size)
+else
+  redis.call('HSET', key, 'm:expires', ARGV[1])
+end
 redis.call('PEXPIREAT', key, ARGV[1])
 return {{1, previous, current, redis.call('HGET', key, 'm:v'), rescore}}
 "
@@ -94,17 +160,28 @@ return 1
     )
 });
 
-/// `KEYS[1]` session hash. Reads the whole hash and deletes it in one step:
-/// the first half of a rotation. Returns the flat field/value list, empty when
-/// the session is gone.
+/// `KEYS[1]` session hash; `ARGV[1]` the size limit, or -1 when the rotation
+/// sets no value; `ARGV[2]` number of removed fields, then those fields, then
+/// the field/value pairs the rotation sets. Reads the whole hash and deletes it
+/// in one step: the first half of a rotation. Returns the flat field/value
+/// list, empty when the session is gone; or, leaving the hash as it is,
+/// `{'!', 'size', size}` when the rotated session would pass the limit and
+/// `{'!', 'format', format}` for a stored format other than 1.
 pub(super) static TAKE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local all = redis.call('HGETALL', KEYS[1])
-if #all > 0 then redis.call('DEL', KEYS[1]) end
+    Script::new(&format!(
+        "{SIZE_HELPERS}
+local key = KEYS[1]
+local meta = redis.call('HMGET', key, 'm:fmt', 'm:v', 'm:sz')
+if meta[1] and meta[1] ~= '1' then return {{'!', 'format', meta[1]}} end
+if tonumber(ARGV[1]) >= 0 and redis.call('EXISTS', key) == 1 then
+  local size = size_after(key, meta[2], meta[3], 3, 2 + tonumber(ARGV[2]))
+  if size > tonumber(ARGV[1]) then return {{'!', 'size', tostring(size)}} end
+end
+local all = redis.call('HGETALL', key)
+if #all > 0 then redis.call('DEL', key) end
 return all
-",
-    )
+"
+    ))
 });
 
 /// `KEYS[1]` session hash; `ARGV[1]` `a`ny or `u`ser; `ARGV[2]` the user that
@@ -126,14 +203,17 @@ return {1, user}
     )
 });
 
-/// Trims expired entries and keeps the index key's own TTL at its latest
-/// member's expiry, so an index can never outlive its sessions (the unbounded
-/// growth Spring Session's Redis index is known for).
-const INDEX_TAIL: &str = r"
+/// Trims the index's expired entries (`ARGV[1]` is now).
+const INDEX_TRIM: &str = r"
 redis.call('ZREMRANGEBYSCORE', idx, '-inf', ARGV[1])
+";
+
+/// Keeps the index key's own TTL at its latest member's expiry, so an index
+/// can never outlive its sessions (the unbounded growth Spring Session's Redis
+/// index is known for).
+const INDEX_EXPIRY: &str = r"
 local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
 if #top > 0 then redis.call('PEXPIREAT', idx, top[2]) end
-return #top
 ";
 
 /// `KEYS[1]` user index (sorted set: storage key → expiry ms); `ARGV[1]` now
@@ -143,7 +223,41 @@ pub(super) static INDEX_ADD: LazyLock<Script> = LazyLock::new(|| {
         "
 local idx = KEYS[1]
 if tonumber(ARGV[2]) > tonumber(ARGV[1]) then redis.call('ZADD', idx, ARGV[2], ARGV[3]) end
-{INDEX_TAIL}"
+{INDEX_TRIM}{INDEX_EXPIRY}return #top"
+    ))
+});
+
+/// `KEYS[1]` user index; `ARGV[1]` now (ms); `ARGV[2]` score; `ARGV[3]` the
+/// storage key joining; `ARGV[4]` a storage key not to count (the one a
+/// rotation leaves, or empty); `ARGV[5]` the cap; `ARGV[6]` `e`vict or
+/// `r`efuse. Admits the key under the user's cap in one step: counts the
+/// user's other entries and, at the cap, either refuses (`{'refused'}`, the
+/// index unchanged) or drops the lowest-scored entries to make room. Then adds
+/// the key and returns `{'ok', evicted keys...}`: the caller deletes those
+/// sessions. The admission is atomic on the index key, so racing logins of one
+/// user on any number of instances are counted one after another.
+pub(super) static INDEX_ADMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "
+local idx = KEYS[1]
+{INDEX_TRIM}
+local others = {{}}
+for _, m in ipairs(redis.call('ZRANGE', idx, 0, -1)) do
+  if m ~= ARGV[3] and m ~= ARGV[4] then others[#others + 1] = m end
+end
+local max = tonumber(ARGV[5])
+local reply = {{'ok'}}
+if #others >= max then
+  if ARGV[6] == 'r' then return {{'refused'}} end
+  for i = 1, #others - max + 1 do
+    redis.call('ZREM', idx, others[i])
+    reply[#reply + 1] = others[i]
+  end
+end
+if tonumber(ARGV[2]) > tonumber(ARGV[1]) then redis.call('ZADD', idx, ARGV[2], ARGV[3]) end
+{INDEX_EXPIRY}
+return reply
+"
     ))
 });
 
@@ -153,6 +267,6 @@ pub(super) static INDEX_REMOVE: LazyLock<Script> = LazyLock::new(|| {
         "{HELPERS}
 local idx = KEYS[1]
 each_chunk(2, #ARGV, 1000, function(i, j) redis.call('ZREM', idx, unpack(ARGV, i, j)) end)
-{INDEX_TAIL}"
+{INDEX_TRIM}{INDEX_EXPIRY}return #top"
     ))
 });

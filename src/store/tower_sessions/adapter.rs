@@ -16,7 +16,10 @@ use tower_sessions_core::session::{Id, Record as TheirRecord};
 use tower_sessions_core::session_store::{Error as TheirError, SessionStore as TheirStore};
 
 use crate::id::StorageKey;
-use crate::store::{ChangeSet, Record, SaveOutcome, SessionStore, SessionSummary, StoreError};
+use crate::store::{
+    ChangeSet, DEFAULT_MAX_SESSION_BYTES, Record, SaveOutcome, SessionStore, SessionSummary,
+    StoreError, data_bytes,
+};
 
 /// The key of their data map under which we keep our whole record.
 const RECORD_KEY: &str = "unstuck";
@@ -72,6 +75,7 @@ const STRIPES: usize = 64;
 pub struct TowerSessionsBackend<T> {
     store: T,
     locks: Arc<[Mutex<()>]>,
+    max_session_bytes: usize,
 }
 
 /// The error [`TowerSessionsBackend`] gives for the per-user index, which
@@ -97,7 +101,39 @@ impl<T: TheirStore> TowerSessionsBackend<T> {
         Self {
             store,
             locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            max_session_bytes: DEFAULT_MAX_SESSION_BYTES,
         }
+    }
+
+    /// The most bytes of keys and JSON text one session may hold (default 64
+    /// KiB), checked under the same per-session lock as every write; writes
+    /// that would pass it fail with [`StoreError::TooLarge`].
+    ///
+    /// A [`SessionCap`](crate::SessionCap) cannot be kept without a user
+    /// index: a change set that carries one fails with
+    /// [`UserIndexUnsupported`] (as a [`StoreError::Backend`]).
+    pub fn with_max_session_bytes(mut self, bytes: usize) -> Self {
+        self.max_session_bytes = bytes;
+        self
+    }
+
+    /// Refuses a record over the limit (or changes that cannot be kept).
+    fn check(&self, record: &Record, changes: Option<&ChangeSet>) -> Result<(), StoreError> {
+        let size = match changes {
+            Some(changes) if changes.user_cap().is_some() => {
+                return Err(StoreError::backend(UserIndexUnsupported));
+            }
+            Some(changes) if !changes.sets_values() => return Ok(()),
+            Some(changes) => changes.bytes_after(&record.data),
+            None => data_bytes(&record.data),
+        };
+        if size > self.max_session_bytes {
+            return Err(StoreError::TooLarge {
+                size,
+                limit: self.max_session_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// The wrapped store.
@@ -225,6 +261,7 @@ impl<T: TheirStore> SessionStore for TowerSessionsBackend<T> {
     }
 
     async fn create(&self, key: &StorageKey, record: &Record) -> Result<bool, StoreError> {
+        self.check(record, None)?;
         let id = their_id(key)?;
         let _guard = self.locks[self.stripe(id)].lock().await;
         if self.load_live(&id).await?.is_some() {
@@ -243,6 +280,7 @@ impl<T: TheirStore> SessionStore for TowerSessionsBackend<T> {
         let Some(mut record) = self.load_live(&id).await? else {
             return Ok(SaveOutcome::Gone);
         };
+        self.check(&record, Some(changes))?;
         changes.apply_to(&mut record);
         if record.expires_at <= SystemTime::now() {
             self.store.delete(&id).await.map_err(store_error)?;
@@ -269,6 +307,7 @@ impl<T: TheirStore> SessionStore for TowerSessionsBackend<T> {
         if self.load_live(&to_id).await?.is_some() {
             return Err(StoreError::backend("rotation target key is already taken"));
         }
+        self.check(&record, Some(changes))?;
         changes.apply_to(&mut record);
         if record.expires_at > SystemTime::now() && !self.create_at(to_id, &record).await? {
             return Err(StoreError::backend("rotation target key is already taken"));
