@@ -447,3 +447,48 @@ async fn a_session_in_a_newer_format_is_refused_and_left_as_it_is() {
     // Logging out still works on it.
     assert!(store.delete(&key).await.unwrap());
 }
+
+/// The save script reads the changed fields' old values with `HMGET`s of at
+/// most 1000 fields and writes values with `HSET`s of at most 1000
+/// arguments (the first one also carrying the metadata): a save across
+/// several such chunks must count every old value it replaces or removes, and
+/// write every value, or `m:sz` drifts from the session and the limit with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_of_thousands_of_keys_keeps_every_value_and_the_exact_size() {
+    let prefix = unique_prefix();
+    let store = store_with_prefix(&prefix).await;
+    let key = SessionId::generate().storage_key();
+    let expires_at = now() + Duration::from_secs(600);
+    // Values of varying length, so a field matched to the wrong old value
+    // changes the count.
+    let json = |i: usize, salt: usize| format!("\"{}\"", "v".repeat((i * 7 + salt) % 13 + 1));
+    let record = Record {
+        data: (0..1500).map(|i| (format!("k{i}"), json(i, 0))).collect(),
+        user: None,
+        created_at: now(),
+        expires_at,
+    };
+    assert!(store.create(&key, &record).await.unwrap());
+    let mut changes = unstuck::ChangeSet::new(expires_at);
+    for i in 0..1200 {
+        changes.insert(format!("k{i}"), json(i, 5));
+    }
+    for i in 1200..1500 {
+        changes.remove(format!("k{i}"));
+    }
+    for i in 1500..1900 {
+        changes.insert(format!("k{i}"), json(i, 3));
+    }
+    assert_eq!(
+        store.save(&key, &changes).await.unwrap(),
+        unstuck::SaveOutcome::Applied
+    );
+    let loaded = store.load(&key).await.unwrap().expect("the session lives");
+    let mut expected = record.clone();
+    changes.apply_to(&mut expected);
+    assert_eq!(loaded.data, expected.data);
+    let size: usize = expected.data.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let hash = format!("{prefix}{{{}}}", key.as_str());
+    assert_eq!(cli(&["HGET", &hash, "m:sz"]).trim(), format!("2:{size}"));
+    assert_eq!(cli(&["HGET", &hash, "m:v"]).trim(), "2");
+}

@@ -10,6 +10,13 @@
 //! instances sweep and leaves the saved results alone. `--instances no` skips
 //! the instances sweep of a full run.
 //!
+//! `--profile N` (with `--scenario`; `--row` then names one row exactly) sends
+//! only N requests per scenario and row, one after another after a warm-up,
+//! and prints Redis's work per request. It is made for instruction counts
+//! (`valgrind --tool=callgrind`), which do not depend on the machine's load:
+//! two runs with different N give the instructions of one request without
+//! the start-up.
+//!
 //! Besides the four main scenarios, the table has a session-size sweep (a
 //! write request on sessions of ~100 B, 4 KB and 64 KB, one small key changed
 //! each time), and every row reports Redis CPU µs per request (`INFO cpu`). A
@@ -46,6 +53,8 @@ struct Options {
     only_row: Option<String>,
     /// Whether to run the instances sweep after the main table.
     instances: bool,
+    /// `--profile N`: N sequential requests per scenario and row, nothing else.
+    profile: Option<u64>,
 }
 
 impl Options {
@@ -57,6 +66,7 @@ impl Options {
             only_scenario: None,
             only_row: None,
             instances: true,
+            profile: None,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -71,6 +81,7 @@ impl Options {
                 "--scenario" => options.only_scenario = Some(value.to_owned()),
                 "--row" => options.only_row = Some(value.to_owned()),
                 "--instances" => options.instances = value != "no",
+                "--profile" => options.profile = Some(value.parse().expect("--profile takes a whole number")),
                 other => panic!("unknown argument {other:?}; see the module docs"),
             }
             i += 2;
@@ -101,7 +112,7 @@ async fn run(options: Options) {
     let redis = redis_server::RedisServer::start();
     let mut rows = apps::start(&redis.url()).await;
     if let Some(only) = &options.only_row {
-        rows.retain(|row| row.name.contains(only.as_str()));
+        rows.retain(|row| row.name.contains(only.as_str()) && (options.profile.is_none() || row.name == only));
     }
     let scenarios: Vec<Scenario> = Scenario::ALL
         .into_iter()
@@ -111,6 +122,28 @@ async fn run(options: Options) {
         .iter()
         .map(|_| rows.iter().map(|_| Totals::default()).collect())
         .collect();
+    if let Some(requests) = options.profile {
+        for scenario in &scenarios {
+            for row in &rows {
+                load::sequential(row.address, *scenario, 20).await.run().await;
+                let user = load::sequential(row.address, *scenario, requests).await;
+                let before = redis.stats().await;
+                user.run().await;
+                let spent = redis.stats().await.minus(&before);
+                let per = |n: u64| n as f64 / requests as f64;
+                eprintln!(
+                    "[profile] {:<26} {:<28} {requests} requests; per request: Redis {:.2} commands, {:.0} bytes, {:.1} µs CPU, {:.2} µs in EVALSHA",
+                    scenario.name(),
+                    row.name,
+                    per(spent.commands),
+                    per(spent.bytes),
+                    per(spent.cpu_us),
+                    per(spent.script_us),
+                );
+            }
+        }
+        return;
+    }
     // Accounting pass: exact commands per request, outside the timed rounds
     // (MONITOR slows Redis down).
     const COUNTED: u64 = 200;

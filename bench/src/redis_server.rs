@@ -17,6 +17,9 @@ pub struct RedisStats {
     pub bytes: u64,
     /// CPU time Redis used (user + system), in µs.
     pub cpu_us: u64,
+    /// Time Redis spent executing `EVALSHA` calls (scripts included), in µs
+    /// (`INFO commandstats`).
+    pub script_us: u64,
 }
 
 impl RedisStats {
@@ -25,6 +28,7 @@ impl RedisStats {
             commands: self.commands.saturating_sub(earlier.commands),
             bytes: self.bytes.saturating_sub(earlier.bytes),
             cpu_us: self.cpu_us.saturating_sub(earlier.cpu_us),
+            script_us: self.script_us.saturating_sub(earlier.script_us),
         }
     }
 }
@@ -114,7 +118,11 @@ impl RedisServer {
                     .find_map(|line| line.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<u64>().ok())
             })
             .sum();
-        RedisStats { commands, bytes, cpu_us }
+        let script_us = commandstats
+            .lines()
+            .find_map(|line| field(line.strip_prefix("cmdstat_evalsha:")?, "usec"))
+            .unwrap_or(0);
+        RedisStats { commands, bytes, cpu_us, script_us }
     }
 }
 

@@ -26,6 +26,21 @@ pub(super) const SIZE: &str = "m:sz";
 pub(super) const FORMAT: &str = "m:fmt";
 pub(super) const DATA: &str = "d:";
 
+/// Builds the `d:<key>` field names of one command in one reused buffer
+/// (`Cmd::arg` copies the bytes), rather than allocating a string per field.
+#[derive(Default)]
+pub(super) struct DataField(Vec<u8>);
+
+impl DataField {
+    /// The field holding `name`'s value.
+    pub fn of(&mut self, name: &str) -> &[u8] {
+        self.0.clear();
+        self.0.extend_from_slice(DATA.as_bytes());
+        self.0.extend_from_slice(name.as_bytes());
+        &self.0
+    }
+}
+
 /// The session hash's key: the braces are a Cluster hash tag, so everything
 /// about one session lives on one slot.
 pub(super) fn session_key(prefix: &str, key: &StorageKey) -> String {
@@ -103,13 +118,44 @@ pub(super) fn index_score(expires_at: SystemTime) -> u64 {
 /// Rebuilds a record and its version (`m:v`, 0 for hashes written before
 /// versions existed) from its hash fields.
 pub(super) fn decode_versioned(
-    mut fields: HashMap<String, String>,
+    fields: HashMap<String, String>,
 ) -> Result<(Record, Version), StoreError> {
-    let version = fields
-        .remove(VERSION)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    Ok((decode(fields)?, Version::new(version)))
+    let len = fields.len();
+    decode_fields(len, fields.into_iter().map(Ok))
+}
+
+/// Rebuilds a record and its version from an `HGETALL` reply (a flat array
+/// in RESP2, a map in RESP3), straight from the reply's strings: `None` for
+/// an empty hash (the session does not exist).
+///
+/// # Errors
+/// As [`decode`]; also a reply that is not a hash of strings.
+pub(super) fn decode_reply(reply: Value) -> Result<Option<(Record, Version)>, StoreError> {
+    let pair = |(field, value)| Ok((text(field)?, text(value)?));
+    let decoded = match reply {
+        Value::Nil => return Ok(None),
+        Value::Array(items) if items.is_empty() => return Ok(None),
+        Value::Map(pairs) if pairs.is_empty() => return Ok(None),
+        Value::Array(items) => {
+            let len = items.len() / 2;
+            let mut items = items.into_iter();
+            let pairs = std::iter::from_fn(move || Some((items.next()?, items.next()?)));
+            decode_fields(len, pairs.map(pair))
+        }
+        Value::Map(pairs) => decode_fields(pairs.len(), pairs.into_iter().map(pair)),
+        _ => Err(StoreError::backend(
+            "a session hash read from Redis came back as something else than fields",
+        )),
+    };
+    decoded.map(Some)
+}
+
+/// A reply string, taken as is when it is a bulk string (no copy).
+fn text(value: Value) -> Result<String, StoreError> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes).map_err(StoreError::backend),
+        other => field(other),
+    }
 }
 
 /// The error for a hash in stored format `found` (anything but 1).
@@ -126,31 +172,48 @@ pub(super) fn unsupported(found: &str) -> StoreError {
 /// # Errors
 /// A hash in a stored format other than 1 is refused, not guessed at.
 pub(super) fn decode(fields: HashMap<String, String>) -> Result<Record, StoreError> {
-    if let Some(found) = fields.get(FORMAT).filter(|f| *f != "1") {
-        return Err(unsupported(found));
-    }
-    let mut data = HashMap::with_capacity(fields.len());
-    let (mut created, mut expires, mut user) = (None, None, None);
-    for (field, value) in fields {
-        if let Some(name) = field.strip_prefix(DATA) {
-            data.insert(name.to_owned(), value);
+    decode_versioned(fields).map(|(record, _)| record)
+}
+
+/// Rebuilds a record and its version from `len` (about) field/value pairs, in
+/// one pass: values move into the record as they are.
+fn decode_fields(
+    len: usize,
+    fields: impl Iterator<Item = Result<(String, String), StoreError>>,
+) -> Result<(Record, Version), StoreError> {
+    let mut data = HashMap::with_capacity(len);
+    let (mut created, mut expires, mut user, mut version, mut format) =
+        (None, None, None, None, None);
+    for pair in fields {
+        let (mut field, value) = pair?;
+        if field.starts_with(DATA) {
+            field.drain(..DATA.len());
+            data.insert(field, value);
         } else {
             match field.as_str() {
                 CREATED => created = value.parse::<u64>().ok(),
                 EXPIRES => expires = value.parse::<u64>().ok(),
                 USER => user = Some(value),
+                VERSION => version = value.parse::<u64>().ok(),
+                FORMAT => format = Some(value),
                 // Fields a later version may add: ignore rather than fail.
                 _ => {}
             }
         }
     }
+    if let Some(found) = format.filter(|f| f != "1") {
+        return Err(unsupported(&found));
+    }
     match (created, expires) {
-        (Some(created), Some(expires)) => Ok(Record {
-            data,
-            user,
-            created_at: from_millis(created),
-            expires_at: from_millis(expires),
-        }),
+        (Some(created), Some(expires)) => Ok((
+            Record {
+                data,
+                user,
+                created_at: from_millis(created),
+                expires_at: from_millis(expires),
+            },
+            Version::new(version.unwrap_or(0)),
+        )),
         _ => Err(StoreError::backend(
             "a session hash in Redis lacks its creation or expiry time",
         )),

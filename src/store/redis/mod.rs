@@ -20,10 +20,17 @@ pub(crate) mod fuzzing {
     use crate::id::StorageKey;
     use crate::store::{Record, StoreError, Version};
 
+    /// Decodes `fields` as a load does: from an `HGETALL` reply.
     pub(crate) fn decode_hash(
         fields: HashMap<String, String>,
     ) -> Result<(Record, Version), StoreError> {
-        super::codec::decode_versioned(fields)
+        let reply = fields
+            .into_iter()
+            .flat_map(|(field, value)| [field, value])
+            .map(|text| deadpool_redis::redis::Value::BulkString(text.into_bytes()))
+            .collect();
+        super::codec::decode_reply(deadpool_redis::redis::Value::Array(reply))?
+            .ok_or_else(|| StoreError::backend("an empty hash is no session"))
     }
 
     pub(crate) fn storage_key_of(prefix: &str, redis_key: &[u8]) -> Option<StorageKey> {
@@ -41,7 +48,8 @@ use deadpool_redis::redis::{self, AsyncConnectionConfig};
 use deadpool_redis::{Runtime, cluster, sentinel};
 
 use self::codec::{
-    CREATED, DATA, EXPIRES, USER, decode, from_millis, index_score, session_key, unsupported,
+    CREATED, DataField, EXPIRES, USER, decode, decode_reply, from_millis, index_score, session_key,
+    unsupported,
 };
 use self::conn::{Backend, Conn, Connections};
 use self::errors::{TimedOut, is_unavailable, map_pool_error, map_redis_error};
@@ -390,6 +398,24 @@ impl RedisStore {
         }
     }
 
+    /// [`bounded`](Self::bounded) for a call on pool connections only, which
+    /// needs no timeout handling of its own: under a layer, whose timer at the
+    /// same deadline ends the call anyway (and a connection dropped
+    /// mid-request is retired), it sets no second timer. Calls on the near
+    /// cache's channel keep theirs: they must see their own timeout to mark
+    /// the channel lost.
+    async fn bounded_pooled<T>(
+        &self,
+        waits: u32,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if crate::deadline::remaining().is_some() {
+            op.await
+        } else {
+            self.bounded(waits, op).await
+        }
+    }
+
     async fn conn(&self) -> Result<Conn, StoreError> {
         let mut conn = self.connections.get().await?;
         if let Some(acks) = self.replica_acks {
@@ -414,17 +440,16 @@ impl SessionStore for RedisStore {
     }
 
     async fn load(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
-        let fields: HashMap<String, String> = self
-            .bounded(0, async {
+        let reply: redis::Value = self
+            .bounded_pooled(0, async {
                 let mut conn = self.conn().await?;
                 conn.query(redis::cmd("HGETALL").arg(self.session_key(key)))
                     .await
             })
             .await?;
-        if fields.is_empty() {
+        let Some((record, _)) = decode_reply(reply)? else {
             return Ok(None);
-        }
-        let record = decode(fields)?;
+        };
         // Redis expires the key on its own clock; this guards against a server
         // clock that lags ours.
         Ok((record.expires_at > SystemTime::now()).then_some(record))
@@ -438,7 +463,7 @@ impl SessionStore for RedisStore {
                 limit: self.max_session_bytes,
             });
         }
-        self.bounded(1, async {
+        self.bounded_pooled(1, async {
             let mut conn = self.conn().await?;
             // Index first: if the session write then fails, the index holds a
             // stale entry (skipped by listings) rather than missing a live
@@ -493,11 +518,12 @@ impl SessionStore for RedisStore {
                             cmd.arg(-1);
                         }
                         cmd.arg(changes.removed().len());
+                        let mut field = DataField::default();
                         for name in changes.removed() {
-                            cmd.arg(format!("{DATA}{name}"));
+                            cmd.arg(field.of(name));
                         }
                         for (name, json) in changes.inserted() {
-                            cmd.arg(format!("{DATA}{name}")).arg(json);
+                            cmd.arg(field.of(name)).arg(json);
                         }
                     },
                     true,

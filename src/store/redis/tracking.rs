@@ -8,7 +8,6 @@
 //! On Cluster the channel is one such connection per master, routed by slot
 //! ([`super::cluster_tracking`]).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -21,7 +20,7 @@ use deadpool_redis::redis::{
 };
 
 use super::cluster_tracking::ClusterChannel;
-use super::codec::{SaveReply, decode_versioned, session_key, storage_key_of};
+use super::codec::{SaveReply, decode_reply, session_key, storage_key_of};
 use super::errors::{is_unavailable, map_redis_error};
 use super::exec::script_call;
 use super::url::Target;
@@ -267,15 +266,13 @@ impl Trackable for RedisStore {
         let loaded = self
             .bounded(0, async {
                 let redis_key = session_key(&self.prefix, key);
-                let reply = channel
+                channel
                     .query(&redis_key, redis::cmd("HGETALL").arg(&redis_key), None)
-                    .await?;
-                redis::from_redis_value::<HashMap<String, String>>(reply)
-                    .map_err(StoreError::backend)
+                    .await
             })
             .await;
-        let fields = match loaded {
-            Ok(fields) => fields,
+        let reply = match loaded {
+            Ok(reply) => reply,
             Err(error) => {
                 // Out of time with the request still in flight: whatever the
                 // connection answers later can no longer be matched up. (The
@@ -287,10 +284,9 @@ impl Trackable for RedisStore {
                 return Err(error);
             }
         };
-        if fields.is_empty() {
+        let Some((record, version)) = decode_reply(reply)? else {
             return Ok(None);
-        }
-        let (record, version) = decode_versioned(fields)?;
+        };
         Ok((record.expires_at > SystemTime::now()).then_some((record, version)))
     }
 

@@ -4,7 +4,7 @@
 use deadpool_redis::redis::{self, Cmd};
 
 use super::codec::{
-    CREATED, DATA, EXPIRES, INDEX_SCORE, SIZE, SaveReply, USER, index_score, millis,
+    CREATED, DataField, EXPIRES, INDEX_SCORE, SIZE, SaveReply, USER, VERSION, index_score, millis,
 };
 use super::conn::Conn;
 use super::{RedisChannel, RedisStore, scripts};
@@ -21,7 +21,7 @@ impl RedisStore {
         changes: &ChangeSet,
         channel: Option<&RedisChannel>,
     ) -> Result<(SaveOutcome, Version), StoreError> {
-        self.bounded(1, async {
+        let save = async {
             // A pool connection is only needed for the user index (and for the
             // save itself without a channel): most saves through the near
             // cache never touch the pool.
@@ -36,6 +36,7 @@ impl RedisStore {
                 self.index_join(conn, user, key, score, changes.user_cap(), None)
                     .await?;
             }
+            let tracked = if channel.is_some() { "t" } else { "" };
             let args = |cmd: &mut Cmd| {
                 cmd.arg(millis(changes.expires_at()));
                 match changes.user() {
@@ -46,11 +47,13 @@ impl RedisStore {
                 cmd.arg(score);
                 cmd.arg(self.max_session_bytes);
                 cmd.arg(changes.removed().len());
+                cmd.arg(tracked);
+                let mut field = DataField::default();
                 for name in changes.removed() {
-                    cmd.arg(format!("{DATA}{name}"));
+                    cmd.arg(field.of(name));
                 }
                 for (name, json) in changes.inserted() {
-                    cmd.arg(format!("{DATA}{name}")).arg(json);
+                    cmd.arg(field.of(name)).arg(json);
                 }
             };
             let redis_key = self.session_key(key);
@@ -126,8 +129,11 @@ impl RedisStore {
                 .await?;
             }
             Ok((SaveOutcome::Applied, reply.version))
-        })
-        .await
+        };
+        match channel {
+            Some(_) => self.bounded(1, save).await,
+            None => self.bounded_pooled(1, save).await,
+        }
     }
 
     /// Deletes the session at `key` if it belongs to `user`: a login that a
@@ -168,7 +174,8 @@ impl RedisStore {
                 &self.session_key(key),
                 |cmd| {
                     cmd.arg(millis(record.expires_at));
-                    // CREATE sets `m:v` to 1: the size is counted at version 1.
+                    // A new hash is version 1, and its size counted at it.
+                    cmd.arg(VERSION).arg(1);
                     cmd.arg(SIZE).arg(format!("1:{}", data_bytes(&record.data)));
                     cmd.arg(CREATED).arg(millis(record.created_at));
                     cmd.arg(EXPIRES).arg(millis(record.expires_at));
@@ -176,8 +183,9 @@ impl RedisStore {
                         cmd.arg(USER).arg(user);
                         cmd.arg(INDEX_SCORE).arg(index_score);
                     }
+                    let mut field = DataField::default();
                     for (name, json) in &record.data {
-                        cmd.arg(format!("{DATA}{name}")).arg(json);
+                        cmd.arg(field.of(name)).arg(json);
                     }
                 },
                 true,
