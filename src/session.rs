@@ -548,13 +548,26 @@ impl Session {
         Ok(deleted)
     }
 
-    /// Takes what the request left to save, once.
-    fn take_pending(&self) -> Option<Pending> {
+    /// Takes what the request left to save at `now`, once; `None` when it
+    /// left nothing.
+    fn take_pending(&self, now: SystemTime) -> Option<Pending> {
         let mut state = self.state();
         if state.committed {
             return None;
         }
         state.committed = true;
+        if state.ended.is_none()
+            && let Some(stored) = &state.stored
+            && commit::writes_nothing(
+                stored,
+                &state.changes,
+                state.cycle,
+                &state.timeouts(&self.shared.config.timeouts),
+                now,
+            )
+        {
+            return None;
+        }
         let mut data = if state.stored.is_none() {
             std::mem::take(&mut state.data)
         } else {
@@ -584,13 +597,14 @@ impl Session {
     /// once, after the handler: `None` when there is nothing to write (most
     /// reads), so such a request pays for no save at all.
     pub(crate) fn plan_commit(&self) -> Option<Planned> {
-        let mut pending = self.take_pending()?;
+        let now = SystemTime::now();
+        let mut pending = self.take_pending(now)?;
         let remembered = pending.lifetime;
         let users = Users {
             current: pending.user.clone(),
             ended: pending.ended_user.take(),
         };
-        let plan = commit::plan(pending, SystemTime::now());
+        let plan = commit::plan(pending, now);
         let step = plan.label()?;
         let watch = Watch::save(&*self.shared.store, &self.shared.config, step, plan.key());
         Some(Planned {
@@ -818,7 +832,7 @@ mod tests {
         assert_eq!(session.keys().len(), 2);
         // Replacing a value counts the new one instead of the old.
         session.insert("b", "y".repeat(16)).unwrap(); // 1 + 18: 32 in all
-        let pending = session.take_pending().unwrap();
+        let pending = session.take_pending(SystemTime::now()).unwrap();
         let keys: Vec<&str> = pending.data.keys().map(String::as_str).collect();
         assert_eq!(keys.len(), 2, "only accepted inserts are saved: {keys:?}");
     }
