@@ -47,7 +47,10 @@ fn main() {
     };
     let n: usize = n.parse().expect("N is a whole number");
     let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let app = apps::app(row, &redis_url).await;
         let mut cookie = call(&app, "/write", None).await;
