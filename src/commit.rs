@@ -91,6 +91,24 @@ impl Plan {
     }
 }
 
+/// Whether a request on the stored session leaves nothing to write at `now`
+/// (no change, no new ID, no idle refresh due): what [`plan`] decides as
+/// [`Step::Nothing`] for it, checked without taking anything out of the
+/// session, so the most common request (a read) builds no [`Pending`].
+pub(crate) fn writes_nothing(
+    stored: &Stored,
+    changes: &ChangeSet,
+    cycle: bool,
+    timeouts: &Timeouts,
+    now: SystemTime,
+) -> bool {
+    !cycle
+        && changes.is_touch_only()
+        && timeouts
+            .refresh(stored.created_at, stored.expires_at, now)
+            .is_none()
+}
+
 /// Decides what to write for `pending` at `now`, under the session's timeouts.
 pub(crate) fn plan(pending: Pending, now: SystemTime) -> Plan {
     let Pending {
@@ -177,6 +195,36 @@ mod tests {
             lifetime: false,
             timeouts: timeouts(),
         }
+    }
+
+    #[test]
+    fn writes_nothing_agrees_with_the_plan() {
+        let mut cases = Vec::new();
+        for minute in [1, 9, 10, 30] {
+            cases.push((pending(Some(stored())), minute));
+            let mut changed = pending(Some(stored()));
+            changed.changes.insert("a", "1");
+            cases.push((changed, minute));
+            let mut removed = pending(Some(stored()));
+            removed.changes.remove("a");
+            cases.push((removed, minute));
+            let mut user = pending(Some(stored()));
+            user.changes.set_user(UserChange::Clear);
+            cases.push((user, minute));
+            let mut cycled = pending(Some(stored()));
+            cycled.cycle = true;
+            cases.push((cycled, minute));
+        }
+        let mut nothing = 0;
+        for (p, minute) in cases {
+            let stored = p.stored.clone().unwrap();
+            let says = writes_nothing(&stored, &p.changes, p.cycle, &p.timeouts, at(minute));
+            let planned = plan(p, at(minute));
+            assert_eq!(says, planned.step == Step::Nothing, "{planned:?}");
+            nothing += usize::from(says);
+        }
+        // Untouched before the refresh interval (minutes 1 and 9) only.
+        assert_eq!(nothing, 2);
     }
 
     #[test]

@@ -2,12 +2,15 @@
 
 use std::time::{Duration, SystemTime};
 
+use base64::Engine as _;
+use base64::prelude::BASE64_STANDARD;
 use cookie::{Cookie, CookieJar, SameSite};
+use hmac::Mac as _;
 use http::{HeaderMap, HeaderValue, header};
 
 use crate::error::ConfigError;
 use crate::id::SessionId;
-use crate::key::Key;
+use crate::key::{Key, Signer};
 use crate::store::Version;
 
 /// Cookie headers longer than this are not parsed at all: no legitimate client
@@ -19,6 +22,9 @@ const MAX_VALUE_LEN: usize = 160;
 /// Separates the ID from the session's version in the cookie's (signed)
 /// value; the ID's base64url alphabet has no `.`.
 const VERSION_SEPARATOR: char = '.';
+/// A signed value starts with its HMAC-SHA256 tag in padded standard base64
+/// (the `cookie` crate's signed form, which cookies issued so far use).
+const SIGNED_TAG_LEN: usize = 44;
 
 /// How the session cookie's value is protected.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -106,7 +112,7 @@ impl CookieConfig {
     /// cookie, several cookies of our name (cookie tossing), an oversized
     /// header, a bad signature, a malformed value — is "no session".
     pub fn read(&self, headers: &HeaderMap) -> Option<(SessionId, Option<Version>)> {
-        let mut found: Option<Cookie<'static>> = None;
+        let mut found: Option<&str> = None;
         let mut total = 0;
         for value in headers.get_all(header::COOKIE) {
             total += value.len();
@@ -121,14 +127,16 @@ impl CookieConfig {
                 if found.is_some() {
                     return None;
                 }
-                if cookie.value().len() > MAX_VALUE_LEN {
+                // Borrowed from the header: a cookie parsed from text has
+                // its raw value.
+                let value = cookie.value_raw()?;
+                if value.len() > MAX_VALUE_LEN {
                     return None;
                 }
-                found = Some(cookie.into_owned());
+                found = Some(value);
             }
         }
-        let cookie = found?;
-        self.open(&self.name, cookie.value())
+        self.open(&self.name, found?)
     }
 
     /// The ID and version sealed in `value` under `name` (the MAC, or the
@@ -139,18 +147,24 @@ impl CookieConfig {
         if value.len() > MAX_VALUE_LEN {
             return None;
         }
-        let sealed = Cookie::new(name.to_owned(), value.to_owned());
-        let jar = CookieJar::new();
-        for key in &self.keys {
-            let opened = match self.protection {
-                CookieProtection::Signed => jar.signed(&key.0).verify(sealed.clone()),
-                CookieProtection::Private => jar.private(&key.0).decrypt(sealed.clone()),
-            };
-            if let Some(opened) = opened {
-                return parse_value(opened.value());
+        match self.protection {
+            CookieProtection::Signed => {
+                let opened = self
+                    .keys
+                    .iter()
+                    .find_map(|key| verify(key.signer(), value))?;
+                parse_value(opened)
+            }
+            CookieProtection::Private => {
+                let sealed = Cookie::new(name.to_owned(), value.to_owned());
+                let jar = CookieJar::new();
+                let opened = self
+                    .keys
+                    .iter()
+                    .find_map(|key| jar.private(&key.0).decrypt(sealed.clone()))?;
+                parse_value(opened.value())
             }
         }
-        None
     }
 
     /// `id` and `version` sealed under `name` with the first key: what
@@ -167,17 +181,19 @@ impl CookieConfig {
     /// Any text sealed under `name` with the first key (the fuzz targets
     /// seal arbitrary text, to reach what runs after a valid signature).
     pub fn seal_text(&self, name: &str, text: String) -> String {
-        let mut jar = CookieJar::new();
-        let key = &self.keys[0].0;
-        let plain = Cookie::new(name.to_owned(), text);
+        let key = &self.keys[0];
         match self.protection {
-            CookieProtection::Signed => jar.signed_mut(key).add(plain),
-            CookieProtection::Private => jar.private_mut(key).add(plain),
+            CookieProtection::Signed => sign(key.signer(), &text),
+            CookieProtection::Private => {
+                let mut jar = CookieJar::new();
+                jar.private_mut(&key.0)
+                    .add(Cookie::new(name.to_owned(), text));
+                jar.get(name)
+                    .expect("a cookie added to the jar is in the jar")
+                    .value()
+                    .to_owned()
+            }
         }
-        jar.get(name)
-            .expect("a cookie added to the jar is in the jar")
-            .value()
-            .to_owned()
     }
 
     /// The `Set-Cookie` value that hands `id` to the client, with the version
@@ -220,6 +236,33 @@ impl CookieConfig {
         }
         cookie
     }
+}
+
+/// `text` signed: its HMAC-SHA256 tag in padded standard base64, then the
+/// text (byte for byte what the `cookie` crate's `SignedJar` writes).
+fn sign(signer: &Signer, text: &str) -> String {
+    let tag = signer.mac(text.as_bytes()).finalize().into_bytes();
+    let mut signed = String::with_capacity(SIGNED_TAG_LEN + text.len());
+    BASE64_STANDARD.encode_string(tag, &mut signed);
+    signed.push_str(text);
+    signed
+}
+
+/// The text of a value [`sign`] (or the `cookie` crate's `SignedJar`) made
+/// with this key, or `None`. The tag is compared in constant time.
+fn verify<'v>(signer: &Signer, value: &'v str) -> Option<&'v str> {
+    if !value.is_char_boundary(SIGNED_TAG_LEN) {
+        return None;
+    }
+    let (tag, text) = value.split_at(SIGNED_TAG_LEN);
+    // 44 characters decode to at most 33 bytes; a tag is 32.
+    let mut decoded = [0; 48];
+    let len = BASE64_STANDARD.decode_slice(tag, &mut decoded).ok()?;
+    signer
+        .mac(text.as_bytes())
+        .verify_slice(&decoded[..len])
+        .ok()?;
+    Some(text)
 }
 
 /// The ID and optional version in an authenticated cookie value.
@@ -282,6 +325,35 @@ mod tests {
             "browser-session cookie by default"
         );
         assert_eq!(config.read(&headers(&pair(&set))), Some((id, None)));
+    }
+
+    #[test]
+    fn signed_values_match_the_cookie_crate_s_signed_jar_both_ways() {
+        // Cookies issued before the keyed signer (through `SignedJar`) must
+        // still open, and ours must open wherever `SignedJar` verifies.
+        let key = Key::derive_from(b"a secret of at least thirty-two bytes!!").unwrap();
+        let config = config(vec![key.clone()]);
+        let id = SessionId::generate();
+        let text = format!("{}.7", id.to_cookie_value());
+        let mut jar = CookieJar::new();
+        jar.signed_mut(&key.0).add(Cookie::new("id", text.clone()));
+        let theirs = jar.get("id").unwrap().value().to_owned();
+        let ours = config.seal_text("id", text.clone());
+        assert_eq!(ours, theirs, "the same bytes as SignedJar");
+        assert_eq!(
+            config.open("id", &theirs),
+            Some((id.clone(), Some(Version::new(7))))
+        );
+        let verified = CookieJar::new()
+            .signed(&key.0)
+            .verify(Cookie::new("id", ours))
+            .unwrap();
+        assert_eq!(verified.value(), text);
+        // A tag of the wrong length, or not base64, opens nothing.
+        let short = format!("{}{}", &theirs[..40], &theirs[44..]);
+        assert_eq!(config.open("id", &short), None);
+        let garbled = format!("!!!!{}", &theirs[4..]);
+        assert_eq!(config.open("id", &garbled), None);
     }
 
     #[test]

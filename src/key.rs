@@ -2,6 +2,9 @@
 
 use std::fmt;
 
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
 /// The shortest secret [`Key::derive_from`] accepts.
 pub const MIN_SECRET_LEN: usize = 32;
 
@@ -13,7 +16,26 @@ pub const MIN_SECRET_LEN: usize = 32;
 /// previous key stay valid while it is being retired. `Debug` never prints the
 /// key material.
 #[derive(Clone)]
-pub struct Key(pub(crate) cookie::Key);
+pub struct Key(pub(crate) cookie::Key, Signer);
+
+/// HMAC-SHA256 already keyed with a [`Key`]'s signing key: HMAC hashes the
+/// key's inner and outer pads before any message, so doing that once per key
+/// instead of once per cookie halves the hashing of a signature check.
+#[derive(Clone)]
+pub(crate) struct Signer(Hmac<Sha256>);
+
+impl Signer {
+    fn new(key: &cookie::Key) -> Self {
+        Self(Hmac::new_from_slice(key.signing()).expect("HMAC takes keys of any length"))
+    }
+
+    /// The HMAC of `message`, ready for more input or to finish.
+    pub(crate) fn mac(&self, message: &[u8]) -> Hmac<Sha256> {
+        let mut mac = self.0.clone();
+        mac.update(message);
+        mac
+    }
+}
 
 /// A secret too short to derive a [`Key`] from.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -38,13 +60,23 @@ impl Key {
         if secret.len() < MIN_SECRET_LEN {
             return Err(KeyError(secret.len()));
         }
-        Ok(Self(cookie::Key::derive_from(secret)))
+        Ok(Self::from_cookie_key(cookie::Key::derive_from(secret)))
     }
 
     /// Generates a random key. Cookies signed with it die with the process and are
     /// not accepted by other instances: for those, derive keys from a shared secret.
     pub fn generate() -> Self {
-        Self(cookie::Key::generate())
+        Self::from_cookie_key(cookie::Key::generate())
+    }
+
+    fn from_cookie_key(key: cookie::Key) -> Self {
+        let signer = Signer::new(&key);
+        Self(key, signer)
+    }
+
+    /// The keyed HMAC that signs cookies (the `cookie` crate's signed form).
+    pub(crate) fn signer(&self) -> &Signer {
+        &self.1
     }
 }
 

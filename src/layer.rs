@@ -3,11 +3,12 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use cookie::SameSite;
 use http::{HeaderValue, Request, Response, StatusCode, header};
+use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -17,9 +18,9 @@ use crate::error::ConfigError;
 use crate::events::SessionEvents;
 use crate::extract::LazySession;
 use crate::key::Key;
-use crate::session::CommitError;
+use crate::session::{CommitError, Session};
 use crate::store::SessionStore;
-use crate::transport::SessionTransport;
+use crate::transport::{Handout, SessionTransport};
 
 /// Adds sessions to a service: put it on a router, then take
 /// [`Session`](crate::Session) in handlers.
@@ -328,7 +329,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -341,24 +342,103 @@ where
         // The clone that was driven to readiness is the one that must be called.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let mut response = inner.call(request).await?;
-            let Some(session) = lazy.loaded() else {
-                return Ok(response);
-            };
-            match session.commit().await {
-                Ok(None) => {}
-                Ok(Some(handout)) => {
-                    let headers = response.headers_mut();
-                    lazy.hand_out(handout, headers);
-                    // A response that hands out a session token must never be
-                    // cached and replayed to someone else.
-                    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        ResponseFuture {
+            state: State::Handling {
+                future: inner.call(request),
+                lazy: Some(lazy),
+            },
+        }
+    }
+}
+
+/// A save in progress.
+type Saving = Pin<Box<dyn Future<Output = Result<Option<Handout>, CommitError>> + Send>>;
+
+pin_project! {
+    /// The future [`SessionService`] answers with: the inner service's
+    /// response, then the save of what the request changed in the session.
+    /// Only a request that has something to write allocates for its save.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        /// The inner service is handling the request.
+        Handling {
+            #[pin]
+            future: F,
+            lazy: Option<LazySession>,
+        },
+        /// The session is being saved; the response waits for it.
+        Saving {
+            save: Saving,
+            response: Option<Response<B>>,
+            lazy: LazySession,
+        },
+    }
+}
+
+impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Default,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut state = self.as_mut().project().state;
+            match state.as_mut().project() {
+                StateProj::Handling { future, lazy } => {
+                    let response = ready!(future.poll(cx))?;
+                    let lazy = lazy.take().expect("polled after completion");
+                    let Some((session, planned)) = lazy
+                        .loaded()
+                        .and_then(|session| Some((session.clone(), session.plan_commit()?)))
+                    else {
+                        return Poll::Ready(Ok(response));
+                    };
+                    state.set(State::Saving {
+                        save: Box::pin(Session::commit(session, planned)),
+                        response: Some(response),
+                        lazy,
+                    });
                 }
-                Err(error) => return Ok(failed_save(&error)),
+                StateProj::Saving {
+                    save,
+                    response,
+                    lazy,
+                } => {
+                    let saved = ready!(save.as_mut().poll(cx));
+                    let mut response = response.take().expect("polled after completion");
+                    match saved {
+                        Ok(None) => {}
+                        Ok(Some(handout)) => {
+                            let headers = response.headers_mut();
+                            lazy.hand_out(handout, headers);
+                            // A response that hands out a session token must
+                            // never be cached and replayed to someone else.
+                            headers.insert(
+                                header::CACHE_CONTROL,
+                                HeaderValue::from_static("no-store"),
+                            );
+                        }
+                        Err(error) => return Poll::Ready(Ok(failed_save(&error))),
+                    }
+                    return Poll::Ready(Ok(response));
+                }
             }
-            Ok(response)
-        })
+        }
     }
 }
 

@@ -98,7 +98,7 @@ pub use crate::expiry::Expiry;
 pub use crate::extract::SessionRejection;
 pub use crate::id::{SessionId, StorageKey};
 pub use crate::key::{Key, KeyError, MIN_SECRET_LEN};
-pub use crate::layer::{SessionLayer, SessionService};
+pub use crate::layer::{ResponseFuture, SessionLayer, SessionService};
 pub use crate::session::Session;
 pub use crate::store::{
     CapPolicy, ChangeSet, Invalidations, MemoryStore, NearCache, NearCacheStats, Record,

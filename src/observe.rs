@@ -14,13 +14,14 @@
 //! instances), the tag changes when the signing key rotates, and without the
 //! key it can neither be computed from a store dump nor reversed.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tracing::Span;
 use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use crate::config::Config;
 use crate::events::{SessionEvent, SessionEventKind};
@@ -54,8 +55,10 @@ pub(crate) struct Watch {
     store: &'static str,
     operation: &'static str,
     span: Span,
-    started: Instant,
-    store_timeout: std::time::Duration,
+    /// When the work started, if anyone wants its latency: a subscriber
+    /// interested in the span, or the metrics. Otherwise the clock is not read.
+    started: Option<Instant>,
+    store_timeout: Duration,
     /// A touch found its session gone (a save's "gone" outcome).
     gone: AtomicBool,
 }
@@ -105,19 +108,26 @@ impl Watch {
         {
             span.record("session", correlation(config, key));
         }
+        let timed = cfg!(feature = "metrics") || !span.is_disabled();
         Self {
             store: store.name(),
             operation,
             span,
-            started: Instant::now(),
+            started: timed.then(Instant::now),
             store_timeout: config.store_timeout,
             gone: AtomicBool::new(false),
         }
     }
 
-    /// The span to run the store work in.
-    pub fn span(&self) -> &Span {
-        &self.span
+    /// Runs the store work in the span. A span no subscriber is interested in
+    /// is left out altogether: entering and leaving it on every poll would be
+    /// pure cost.
+    pub async fn run<F: Future>(&self, work: F) -> F::Output {
+        if self.span.is_disabled() {
+            work.await
+        } else {
+            work.instrument(self.span.clone()).await
+        }
     }
 
     /// Notes the correlation tag of the key a save created or rotated to
@@ -134,10 +144,16 @@ impl Watch {
         self.gone.store(true, Ordering::Relaxed);
     }
 
-    fn finish(&self, outcome: &'static str) -> std::time::Duration {
-        let took = self.started.elapsed();
-        self.span.record("outcome", outcome);
-        self.span.record("latency_ms", took.as_secs_f64() * 1000.0);
+    /// Records how the work ended; returns how long it took (zero when
+    /// nobody asked: see `started`).
+    fn finish(&self, outcome: &'static str) -> Duration {
+        let took = self
+            .started
+            .map_or(Duration::ZERO, |started| started.elapsed());
+        if !self.span.is_disabled() {
+            self.span.record("outcome", outcome);
+            self.span.record("latency_ms", took.as_secs_f64() * 1000.0);
+        }
         tracing::debug!(parent: &self.span, outcome, "session {}", self.operation);
         took
     }
@@ -145,7 +161,7 @@ impl Watch {
     /// The store failed.
     pub fn failed(&self, error: &StoreError) {
         let took = self.finish("error");
-        let timed_out = took >= self.store_timeout;
+        let timed_out = self.started.is_some() && took >= self.store_timeout;
         metrics::store_error(self.store, self.operation, error, timed_out);
         match self.operation {
             "load" => metrics::load(self.store, LoadOutcome::Error, Some(took)),

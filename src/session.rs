@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::Instrument;
 
 use crate::commit::{self, Pending, Step, Stored};
 use crate::config::Config;
@@ -176,6 +175,15 @@ impl State {
     }
 }
 
+/// A save planned at the end of a request, for [`Session::commit`].
+pub(crate) struct Planned {
+    plan: commit::Plan,
+    /// The session has a lifetime of its own (its cookie persists).
+    remembered: bool,
+    users: Users,
+    watch: Watch,
+}
+
 /// The users a save's events name: the session's, and the destroyed one's.
 struct Users {
     current: Option<String>,
@@ -237,13 +245,13 @@ impl Session {
         };
         let key = id.storage_key();
         let watch = Watch::load(&*store, &config, &key);
-        let record = bounded(
-            &config,
-            store.load_at_least(&key, seen.unwrap_or(Version::ZERO)),
-        )
-        .instrument(watch.span().clone())
-        .await
-        .inspect_err(|error| watch.failed(error))?;
+        let record = watch
+            .run(bounded(
+                &config,
+                store.load_at_least(&key, seen.unwrap_or(Version::ZERO)),
+            ))
+            .await
+            .inspect_err(|error| watch.failed(error))?;
         let now = SystemTime::now();
         let state = match record {
             Some(record) if record.expires_at > now => {
@@ -540,13 +548,26 @@ impl Session {
         Ok(deleted)
     }
 
-    /// Takes what the request left to save, once.
-    fn take_pending(&self) -> Option<Pending> {
+    /// Takes what the request left to save at `now`, once; `None` when it
+    /// left nothing.
+    fn take_pending(&self, now: SystemTime) -> Option<Pending> {
         let mut state = self.state();
         if state.committed {
             return None;
         }
         state.committed = true;
+        if state.ended.is_none()
+            && let Some(stored) = &state.stored
+            && commit::writes_nothing(
+                stored,
+                &state.changes,
+                state.cycle,
+                &state.timeouts(&self.shared.config.timeouts),
+                now,
+            )
+        {
+            return None;
+        }
         let mut data = if state.stored.is_none() {
             std::mem::take(&mut state.data)
         } else {
@@ -572,31 +593,44 @@ impl Session {
         })
     }
 
-    /// Saves what the request changed, as [`commit::plan`] decides. Returns
-    /// the token to hand out (or clear), if any. Runs once, after the handler.
-    pub(crate) async fn commit(&self) -> Result<Option<Handout>, CommitError> {
-        let config = &self.shared.config;
-        let Some(mut pending) = self.take_pending() else {
-            return Ok(None);
-        };
+    /// Decides what saving the request's changes takes ([`commit::plan`]),
+    /// once, after the handler: `None` when there is nothing to write (most
+    /// reads), so such a request pays for no save at all.
+    pub(crate) fn plan_commit(&self) -> Option<Planned> {
+        let now = SystemTime::now();
+        let mut pending = self.take_pending(now)?;
         let remembered = pending.lifetime;
         let users = Users {
             current: pending.user.clone(),
             ended: pending.ended_user.take(),
         };
-        let plan = commit::plan(pending, SystemTime::now());
-        let Some(step) = plan.label() else {
-            return Ok(None);
-        };
-        let watch = Watch::save(&*self.shared.store, config, step, plan.key());
-        let span = watch.span().clone();
+        let plan = commit::plan(pending, now);
+        let step = plan.label()?;
+        let watch = Watch::save(&*self.shared.store, &self.shared.config, step, plan.key());
+        Some(Planned {
+            plan,
+            remembered,
+            users,
+            watch,
+        })
+    }
+
+    /// Carries out a save [`plan_commit`](Self::plan_commit) planned.
+    /// Returns the token to hand out (or clear), if any.
+    pub(crate) async fn commit(self, planned: Planned) -> Result<Option<Handout>, CommitError> {
+        let Planned {
+            plan,
+            remembered,
+            users,
+            watch,
+        } = planned;
         // One deadline for all of the save's store calls.
-        let saved = deadline::within(
-            config.store_timeout,
-            self.execute(plan, remembered, &users, &watch),
-        )
-        .instrument(span)
-        .await;
+        let saved = watch
+            .run(deadline::within(
+                self.shared.config.store_timeout,
+                self.execute(plan, remembered, &users, &watch),
+            ))
+            .await;
         match &saved {
             Ok(_) => watch.saved(false),
             Err(CommitError::Gone) => watch.saved(true),
@@ -798,7 +832,7 @@ mod tests {
         assert_eq!(session.keys().len(), 2);
         // Replacing a value counts the new one instead of the old.
         session.insert("b", "y".repeat(16)).unwrap(); // 1 + 18: 32 in all
-        let pending = session.take_pending().unwrap();
+        let pending = session.take_pending(SystemTime::now()).unwrap();
         let keys: Vec<&str> = pending.data.keys().map(String::as_str).collect();
         assert_eq!(keys.len(), 2, "only accepted inserts are saved: {keys:?}");
     }

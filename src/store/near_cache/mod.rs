@@ -189,6 +189,15 @@ pub trait Trackable: SessionStore {
     ) -> Result<TrackedSave, StoreError>;
 }
 
+/// What the hit path found.
+enum Lookup {
+    Hit(Record),
+    /// Looked up (and counted) under the current channel: not there.
+    Miss,
+    /// No current channel to trust a cached copy from.
+    NoChannel,
+}
+
 /// A store decorator that keeps the sessions this process reads in a bounded
 /// in-process cache, kept coherent by the store beneath it (see
 /// [`Trackable`]): loads of a cached session cost no round trip, and a change
@@ -331,6 +340,33 @@ impl<S: Trackable> NearCache<S> {
         Ok(channel)
     }
 
+    /// The hit path: the cached copy of `key`, if the channel it came over
+    /// is still open, listened to and current. One look at the channel and
+    /// one at the cache, without holding on to the channel: a hit needs no
+    /// channel of its own.
+    fn cached(&self, key: &StorageKey, seen: Version) -> Lookup {
+        let slot = self.channel.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((generation, channel)) = slot.as_ref() else {
+            return Lookup::NoChannel;
+        };
+        // A channel that no longer talks to the primary is dropped by
+        // `channel`, on the slow path.
+        if !self.inner.channel_is_current(channel) {
+            return Lookup::NoChannel;
+        }
+        let mut cache = lock(&self.cache);
+        if cache.channel() != Some(*generation) {
+            return Lookup::NoChannel;
+        }
+        drop(slot);
+        let hit = cache.lookup(key, seen, Instant::now(), SystemTime::now());
+        crate::metrics::near_cache(self.inner.name(), hit.is_some());
+        match hit {
+            Some(record) => Lookup::Hit(record),
+            None => Lookup::Miss,
+        }
+    }
+
     fn evict(&self, key: &StorageKey) {
         lock(&self.cache).invalidate(key);
     }
@@ -351,13 +387,22 @@ impl<S: Trackable> SessionStore for NearCache<S> {
         key: &StorageKey,
         seen: Version,
     ) -> Result<Option<Record>, StoreError> {
+        let looked_up = match self.cached(key, seen) {
+            Lookup::Hit(record) => return Ok(Some(record)),
+            Lookup::Miss => true,
+            Lookup::NoChannel => false,
+        };
         let channel = self.channel().await?;
         let ticket = {
             let mut cache = lock(&self.cache);
-            let hit = cache.lookup(key, seen, Instant::now(), SystemTime::now());
-            crate::metrics::near_cache(self.inner.name(), hit.is_some());
-            if hit.is_some() {
-                return Ok(hit);
+            if !looked_up {
+                // The channel was (re)opened: the cache is empty, but another
+                // request may have filled it meanwhile.
+                let hit = cache.lookup(key, seen, Instant::now(), SystemTime::now());
+                crate::metrics::near_cache(self.inner.name(), hit.is_some());
+                if hit.is_some() {
+                    return Ok(hit);
+                }
             }
             cache.ticket(key)
         };
