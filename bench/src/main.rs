@@ -18,7 +18,7 @@
 //! the start-up.
 //!
 //! Besides the four main scenarios, the table has a session-size sweep (a
-//! write request on sessions of ~100 B, 4 KB and 64 KB, one small key changed
+//! write request on sessions of ~100 B, 4 KB and 60 KB (under the default 64 KiB limit), one small key changed
 //! each time), and every row reports Redis CPU µs per request (`INFO cpu`). A
 //! second table, the instances sweep ([`instances`]), runs 1, 2 and 3 app
 //! processes of each Redis configuration on the one Redis.
