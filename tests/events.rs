@@ -7,7 +7,6 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
-use axum::routing::{get, post};
 use http::StatusCode;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use unstuck::{
@@ -15,7 +14,7 @@ use unstuck::{
     SessionStore, StorageKey,
 };
 
-use common::app::{Client, shared_key};
+use common::app::{Client, routes, shared_key};
 use common::instrumented::{Instrumented, Mode};
 
 /// How long any event may take to arrive on a loaded machine.
@@ -45,52 +44,13 @@ fn nothing_queued(rx: &mut UnboundedReceiver<SessionEvent>) {
     }
 }
 
-/// `/key` answers the session's storage key (empty for a new session).
+/// The shared test routes behind a layer that reports to `events`.
 fn app(store: impl SessionStore, events: SessionEvents) -> Router {
-    Router::new()
-        .route(
-            "/counter",
-            get(|session: unstuck::Session| async move {
-                let n: u64 = session.get("count")?.unwrap_or(0) + 1;
-                session.insert("count", n)?;
-                Ok::<_, unstuck::Error>(n.to_string())
-            }),
-        )
-        .route(
-            "/key",
-            get(|session: unstuck::Session| async move {
-                session
-                    .storage_key()
-                    .map(|k| k.as_str().to_owned())
-                    .unwrap_or_default()
-            }),
-        )
-        .route(
-            "/login",
-            post(|session: unstuck::Session, user: String| async move {
-                session.cycle_id();
-                session.set_user(user);
-                "ok"
-            }),
-        )
-        .route(
-            "/logout",
-            post(|session: unstuck::Session| async move {
-                session.destroy();
-                "ok"
-            }),
-        )
-        .route(
-            "/logout-everywhere",
-            post(|session: unstuck::Session| async move {
-                Ok::<_, unstuck::Error>(session.destroy_user_sessions().await?.to_string())
-            }),
-        )
-        .layer(
-            SessionLayer::new(store)
-                .with_keys([shared_key()])
-                .with_events(events),
-        )
+    routes().layer(
+        SessionLayer::new(store)
+            .with_keys([shared_key()])
+            .with_events(events),
+    )
 }
 
 async fn key_of(app: &Router, client: &mut Client) -> StorageKey {

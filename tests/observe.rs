@@ -11,12 +11,12 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::get;
 use http::StatusCode;
 use tokio::sync::Notify;
 use unstuck::{MemoryStore, SessionLayer, SessionStore};
 
-use common::app::{Client, id_text, shared_key};
+use common::app::{Client, id_text, routes, shared_key};
 
 fn block_on<T>(work: impl Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
@@ -34,53 +34,15 @@ struct Gate {
     release: Arc<Notify>,
 }
 
-/// `/counter` and `/key` as usual; `/logout`, `/login`,
-/// `/logout-everywhere`; `/gated-write` and `/gated-read` wait at `gate`.
+/// The shared test routes (`common::app::routes`), and `/gated-write` and
+/// `/gated-read`, which wait at `gate`.
 fn app(
     store: impl SessionStore,
     layer: impl FnOnce(SessionLayer) -> SessionLayer,
 ) -> (Router, Gate) {
     let gate = Gate::default();
     let (w, r) = (gate.clone(), gate.clone());
-    let router = Router::new()
-        .route(
-            "/counter",
-            get(|session: unstuck::Session| async move {
-                let n: u64 = session.get("count")?.unwrap_or(0) + 1;
-                session.insert("count", n)?;
-                Ok::<_, unstuck::Error>(n.to_string())
-            }),
-        )
-        .route(
-            "/key",
-            get(|session: unstuck::Session| async move {
-                session
-                    .storage_key()
-                    .map(|k| k.as_str().to_owned())
-                    .unwrap_or_default()
-            }),
-        )
-        .route(
-            "/login",
-            post(|session: unstuck::Session, user: String| async move {
-                session.cycle_id();
-                session.set_user(user);
-                "ok"
-            }),
-        )
-        .route(
-            "/logout",
-            post(|session: unstuck::Session| async move {
-                session.destroy();
-                "ok"
-            }),
-        )
-        .route(
-            "/logout-everywhere",
-            post(|session: unstuck::Session| async move {
-                Ok::<_, unstuck::Error>(session.destroy_user_sessions().await?.to_string())
-            }),
-        )
+    let router = routes()
         .route(
             "/gated-write",
             get(move |session: unstuck::Session| async move {

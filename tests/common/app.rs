@@ -17,14 +17,24 @@ pub fn shared_key() -> Key {
     Key::derive_from(b"a shared test secret of at least thirty-two bytes").unwrap()
 }
 
-/// One application instance on `store`:
+/// One application instance on `store`: [`routes`] behind a layer with the
+/// [`shared_key`].
+pub fn app(store: impl SessionStore) -> Router {
+    routes().layer(SessionLayer::new(store).with_keys([shared_key()]))
+}
+
+/// The test application's routes, for tests that put their own layer (or
+/// routes of their own) around them:
 /// - `GET /counter` increments `count` and returns it;
 /// - `PUT /kv/{key}` stores the body (as JSON when it parses, else as a
 ///   string); `GET /kv/{key}` returns it as JSON text, or 404 with no body;
 /// - `GET /session` returns every key as one JSON object;
+/// - `GET /key` returns the session's storage key (empty for a new session);
 /// - `POST /login` (body: the user) cycles the ID and records the user;
-///   `POST /logout` destroys the session; `GET /health` needs no session.
-pub fn app(store: impl SessionStore) -> Router {
+///   `POST /logout` destroys the session; `POST /logout-everywhere` destroys
+///   every session of its user and returns how many; `GET /health` needs no
+///   session.
+pub fn routes() -> Router {
     async fn counter(session: Session) -> Result<String, unstuck::Error> {
         let n: u64 = session.get("count")?.unwrap_or(0) + 1;
         session.insert("count", n)?;
@@ -65,14 +75,24 @@ pub fn app(store: impl SessionStore) -> Router {
         session.destroy();
         "ok"
     }
+    async fn logout_everywhere(session: Session) -> Result<String, unstuck::Error> {
+        Ok(session.destroy_user_sessions().await?.to_string())
+    }
+    async fn storage_key(session: Session) -> String {
+        session
+            .storage_key()
+            .map(|k| k.as_str().to_owned())
+            .unwrap_or_default()
+    }
     Router::new()
         .route("/counter", get(counter))
         .route("/kv/{key}", put(put_value).get(get_value))
         .route("/session", get(all_values))
+        .route("/key", get(storage_key))
         .route("/login", post(login))
         .route("/logout", post(logout))
+        .route("/logout-everywhere", post(logout_everywhere))
         .route("/health", get(|| async { "up" }))
-        .layer(SessionLayer::new(store).with_keys([shared_key()]))
 }
 
 /// Sends one request; returns the status, the `name=value` of a cookie the
