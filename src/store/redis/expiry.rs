@@ -14,15 +14,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, Msg, RedisError, Value};
-use futures_util::StreamExt as _;
+use deadpool_redis::redis::{self, Msg, RedisError};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
 
 use super::codec::storage_key_of;
 use super::conn::Connections;
 // Subscriptions are kept, retried and checked as the Sentinel watcher's are.
-use super::sentinel_watch::{KEEPALIVE, MAX_BACKOFF, MIN_BACKOFF, timeouts};
+use super::pubsub;
+use super::sentinel_watch::{MAX_BACKOFF, MIN_BACKOFF, ask_for_primary, timeouts};
 use super::url::Target;
 use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT, RedisStore};
 use crate::error::ConfigError;
@@ -252,23 +252,12 @@ impl Watch {
         })?;
         warn_unless_enabled(&client).await;
         tracing::debug!("redis expiry events: subscribed");
-        let mut keepalive = tokio::time::interval(KEEPALIVE);
-        keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        keepalive.tick().await;
-        loop {
-            tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(msg) => self.heard(&msg),
-                    None => return Ok(()),
-                },
-                _ = keepalive.tick() => {
-                    let ping = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<Value>());
-                    if !matches!(ping.await, Ok(Ok(_))) {
-                        return Ok(());
-                    }
-                }
-            }
-        }
+        pubsub::listen(&mut sink, &mut stream, |msg| {
+            self.heard(&msg);
+            std::future::ready(())
+        })
+        .await;
+        Ok(())
     }
 
     fn heard(&self, msg: &Msg) {
@@ -312,31 +301,10 @@ fn sends_expirations(flags: &str) -> bool {
     flags.contains('E') && (flags.contains('x') || flags.contains('A'))
 }
 
-/// The primary's URL, as the first sentinel that answers gives it.
+/// The primary's URL, as the first sentinel that knows it gives it.
 async fn sentinel_primary(sentinels: &[String], master_name: &str) -> Result<String, RedisError> {
-    let mut last = None;
-    for sentinel in sentinels {
-        let asked = async {
-            let mut conn = redis::Client::open(sentinel.as_str())?
-                .get_multiplexed_async_connection_with_config(&timeouts())
-                .await?;
-            redis::cmd("SENTINEL")
-                .arg("get-master-addr-by-name")
-                .arg(master_name)
-                .query_async::<Option<(String, u16)>>(&mut conn)
-                .await
-        };
-        match asked.await {
-            Ok(Some((host, port))) => return Ok(node_url(&host, port)),
-            Ok(None) => {}
-            Err(error) => last = Some(error),
-        }
-    }
-    Err(last.unwrap_or_else(|| {
-        RedisError::from(std::io::Error::other(
-            "no sentinel knows the primary's address",
-        ))
-    }))
+    let (host, port) = ask_for_primary(sentinels, master_name).await?;
+    Ok(node_url(&host, port))
 }
 
 /// The cluster's primaries, sorted, as the first seed that answers lists them.

@@ -7,6 +7,7 @@ mod errors;
 mod exec;
 mod expiry;
 mod index;
+mod pubsub;
 mod scripts;
 mod sentinel_watch;
 mod tracking;

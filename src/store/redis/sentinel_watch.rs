@@ -49,12 +49,12 @@ use std::time::Duration;
 
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::{self, AsyncConnectionConfig, Msg, RedisError, Value};
-use futures_util::StreamExt as _;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 use tokio::time::MissedTickBehavior;
 
 use super::conn::Connections;
+use super::pubsub;
 use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 
 /// How often the sentinels are asked where the primary is.
@@ -63,8 +63,6 @@ const POLL_EVERY: Duration = Duration::from_secs(1);
 pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between resubscription attempts.
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// How often a quiet subscription is checked with a `PING`.
-pub(super) const KEEPALIVE: Duration = Duration::from_secs(5);
 /// Published by every sentinel when it adopts a switch.
 const SWITCH_MASTER: &str = "+switch-master";
 /// Published by the leading sentinel once the promoted replica is primary.
@@ -351,23 +349,11 @@ async fn follow_announcements(shared: Arc<Shared>, sentinel: String) {
                 tracing::debug!(%sentinel, "redis sentinel: subscribed to switch announcements");
                 // A switch may have been announced while unsubscribed.
                 shared.check_now.notify_one();
-                let mut keepalive = tokio::time::interval(KEEPALIVE);
-                keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                keepalive.tick().await;
-                loop {
-                    tokio::select! {
-                        msg = stream.next() => match msg {
-                            Some(msg) => shared.announced(&msg).await,
-                            None => break,
-                        },
-                        _ = keepalive.tick() => {
-                            let ping = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<Value>());
-                            if !matches!(ping.await, Ok(Ok(_))) {
-                                break;
-                            }
-                        }
-                    }
-                }
+                let shared = &shared;
+                pubsub::listen(&mut sink, &mut stream, |msg| async move {
+                    shared.announced(&msg).await;
+                })
+                .await;
                 tracing::warn!(%sentinel, "redis sentinel: lost the subscription to switch announcements; resubscribing");
                 shared.check_now.notify_one();
             }
@@ -394,6 +380,38 @@ async fn subscribe(
     Ok(tokio::time::timeout(limit, attempt)
         .await
         .map_err(|_| WatchError::TimedOut(limit))??)
+}
+
+/// Asks the sentinels, in turn, where the primary of `master_name` is: the
+/// address the first one that knows it names. Fails with the last sentinel's
+/// error (or "unknown") when none does.
+pub(super) async fn ask_for_primary(
+    sentinels: &[String],
+    master_name: &str,
+) -> Result<(String, u16), RedisError> {
+    let mut last = None;
+    for sentinel in sentinels {
+        let asked = async {
+            let mut conn = redis::Client::open(sentinel.as_str())?
+                .get_multiplexed_async_connection_with_config(&timeouts())
+                .await?;
+            redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(master_name)
+                .query_async::<Option<(String, u16)>>(&mut conn)
+                .await
+        };
+        match asked.await {
+            Ok(Some(addr)) => return Ok(addr),
+            Ok(None) => {
+                last = Some(RedisError::from(std::io::Error::other(
+                    "no sentinel knows the primary's address",
+                )));
+            }
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| RedisError::from(std::io::Error::other("no sentinel to ask"))))
 }
 
 /// Asks every sentinel where the primary is, about every [`POLL_EVERY`].

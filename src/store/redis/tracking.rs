@@ -23,6 +23,7 @@ use super::cluster_tracking::ClusterChannel;
 use super::codec::{SaveReply, decode_reply, session_key, storage_key_of};
 use super::errors::{is_unavailable, map_redis_error};
 use super::exec::script_call;
+use super::sentinel_watch::ask_for_primary;
 use super::url::Target;
 use super::{CONNECT_TIMEOUT, RESPONSE_TIMEOUT, RedisStore, scripts};
 use crate::error::ConfigError;
@@ -325,31 +326,10 @@ async fn primary_of(
     master_name: &str,
     db: i64,
 ) -> Result<ConnectionInfo, StoreError> {
-    let mut last_error = None;
-    for sentinel in sentinels {
-        let attempt = async {
-            let client = redis::Client::open(sentinel.as_str())?;
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_response_timeout(Some(RESPONSE_TIMEOUT));
-            let mut conn = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            redis::cmd("SENTINEL")
-                .arg("get-master-addr-by-name")
-                .arg(master_name)
-                .query_async::<Option<(String, u16)>>(&mut conn)
-                .await
-        };
-        match attempt.await {
-            Ok(Some((host, port))) => {
-                return redis::Client::open(format!("redis://{host}:{port}/{db}"))
-                    .map(|client| client.get_connection_info().clone())
-                    .map_err(map_redis_error);
-            }
-            Ok(None) => last_error = Some(StoreError::unavailable("no sentinel knows the primary")),
-            Err(error) => last_error = Some(map_redis_error(error)),
-        }
-    }
-    Err(last_error.unwrap_or_else(|| StoreError::backend("no sentinel to ask")))
+    let (host, port) = ask_for_primary(sentinels, master_name)
+        .await
+        .map_err(map_redis_error)?;
+    redis::Client::open(format!("redis://{host}:{port}/{db}"))
+        .map(|client| client.get_connection_info().clone())
+        .map_err(map_redis_error)
 }
