@@ -21,6 +21,7 @@ use unstuck::{
 
 use common::app::{app, id_text, send};
 use common::postgres_server::{self, PgServer, random_tag, shared};
+use common::stored_format::assert_newer_format_refused;
 
 common::conformance::store_conformance!(postgres_server::store().await);
 
@@ -605,21 +606,7 @@ async fn a_row_in_a_newer_format_is_refused_and_left_as_it_is() {
         .fetch_one(store.pool())
         .await
         .unwrap();
-    let newer = |result: Result<(), StoreError>| {
-        matches!(
-            result,
-            Err(StoreError::UnsupportedFormat {
-                found: 2,
-                supported: 1
-            })
-        )
-    };
-    assert!(newer(store.load(&key).await.map(drop)));
-    let mut changes = ChangeSet::new(now_ms() + LONG);
-    changes.insert("x", "1");
-    assert!(newer(store.save(&key, &changes).await.map(drop)));
-    let to = new_key();
-    assert!(newer(store.rotate(&key, &to, &changes).await.map(drop)));
+    assert_newer_format_refused(&store, &key).await;
     let after: String = sqlx::query_scalar(AssertSqlSafe(snapshot))
         .fetch_one(store.pool())
         .await

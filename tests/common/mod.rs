@@ -20,4 +20,6 @@ pub mod postgres_server;
 #[cfg(feature = "redis")]
 pub mod redis_server;
 #[cfg(any(feature = "redis", feature = "postgres"))]
+pub mod stored_format;
+#[cfg(any(feature = "redis", feature = "postgres"))]
 pub mod watchdog;
