@@ -240,14 +240,22 @@ impl Connections {
             .slot()
             .as_ref()
             .map(|pinned| Conn::new(self.clone(), pinned.id, pinned.pooled.handle()));
-        if let Some(mut conn) = current {
-            if self.since_last_ok() < IDLE_CHECK_AFTER {
-                return Ok(conn);
-            }
-            if conn.query::<String>(&redis::cmd("PING")).await.is_ok() {
-                return Ok(conn);
-            }
-            // The failed PING retired it; fall through to a fresh one.
+        match current {
+            Some(conn) if self.since_last_ok() < IDLE_CHECK_AFTER => Ok(conn),
+            // Boxed: the pools' checkout futures (Cluster discovery, Sentinel
+            // lookups) are tens of kilobytes, and inline they would make every
+            // store call's future that large, copied at each move of it.
+            current => Box::pin(self.get_slow(current)).await,
+        }
+    }
+
+    /// [`get`](Self::get) when the pinned connection is missing or idle.
+    async fn get_slow(self: &Arc<Self>, current: Option<Conn>) -> Result<Conn, StoreError> {
+        // A failed PING retires the connection; a fresh one is taken below.
+        if let Some(mut conn) = current
+            && conn.query::<String>(&redis::cmd("PING")).await.is_ok()
+        {
+            return Ok(conn);
         }
         for _ in 0..SWITCH_RETRIES {
             let generation = *self.switches.borrow();
@@ -370,6 +378,11 @@ impl Conn {
         self.request(async |conn| cmd.query_async(conn).await)
             .await
             .map_err(map_redis_error)
+    }
+
+    /// Runs one command, keeping Redis's own error (a `NOSCRIPT`, say).
+    pub async fn command(&mut self, cmd: &Cmd) -> Result<Value, RedisError> {
+        self.request(async |conn| cmd.query_async(conn).await).await
     }
 
     pub async fn pipeline(&mut self, pipe: &Pipeline) -> Result<Vec<Value>, RedisError> {

@@ -24,6 +24,12 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         let mut cmd = script_call(script, key);
         args(&mut cmd);
+        if self.replica_acks.is_none() || !durable {
+            // One command rather than a pipeline of one: no packing into a
+            // pipeline buffer and no vector of replies for the common case.
+            let value = loading(conn, script, Sent::Command(&cmd)).await?;
+            return redis::from_redis_value(value).map_err(StoreError::backend);
+        }
         let mut replies = self.run(conn, script, vec![cmd], durable).await?;
         replies
             .pop()
@@ -69,7 +75,14 @@ impl RedisStore {
                 .arg(acks.replicas)
                 .arg(u64::try_from(acks.timeout.as_millis()).unwrap_or(u64::MAX));
         }
-        let mut values = self.send_loading(conn, script, &pipe).await?;
+        let mut values = match loading(conn, script, Sent::Pipeline(&pipe)).await? {
+            Value::Array(values) => values,
+            _ => {
+                return Err(StoreError::backend(
+                    "a pipeline's replies came as one value",
+                ));
+            }
+        };
         if let Some(acks) = acks {
             check_acks(acks, values.pop())?;
         }
@@ -79,24 +92,31 @@ impl RedisStore {
             .map(|value| redis::from_redis_value(value).map_err(StoreError::backend))
             .collect()
     }
+}
 
-    /// Sends `pipe`; if Redis does not know the script (first use, or after a
-    /// restart or `SCRIPT FLUSH`), loads it and sends once more.
-    async fn send_loading(
-        &self,
-        conn: &mut Conn,
-        script: &Script,
-        pipe: &Pipeline,
-    ) -> Result<Vec<Value>, StoreError> {
-        match conn.pipeline(pipe).await {
-            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                conn.load(script).await.map_err(map_redis_error)?;
-                conn.pipeline(pipe).await
-            }
-            other => other,
+/// What carries a script call: the call alone, or a pipeline around it.
+#[derive(Clone, Copy)]
+enum Sent<'a> {
+    Command(&'a Cmd),
+    Pipeline(&'a Pipeline),
+}
+
+/// Sends `sent` (a pipeline's replies as one array); if Redis does not know
+/// the script (first use, or after a restart or `SCRIPT FLUSH`), loads it and
+/// sends once more.
+async fn loading(conn: &mut Conn, script: &Script, sent: Sent<'_>) -> Result<Value, StoreError> {
+    let send = async |conn: &mut Conn| match sent {
+        Sent::Command(cmd) => conn.command(cmd).await,
+        Sent::Pipeline(pipe) => conn.pipeline(pipe).await.map(Value::Array),
+    };
+    match send(conn).await {
+        Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            conn.load(script).await.map_err(map_redis_error)?;
+            send(conn).await
         }
-        .map_err(map_redis_error)
+        other => other,
     }
+    .map_err(map_redis_error)
 }
 
 /// `EVALSHA <script> 1 <key>`, for the caller to add the script's arguments.
