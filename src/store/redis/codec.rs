@@ -72,8 +72,10 @@ pub(super) struct SaveReply {
 }
 
 impl SaveReply {
-    /// A session that is gone gives three elements, an applied save five; a
-    /// save refused for size (2) or format (3) is an error.
+    /// An applied save gives `{1, version, rescore, previous, current}`, or
+    /// just `{1, version}` when the user was kept and needs no re-score; a
+    /// session that is gone gives `{0}`; a save refused for size (2) or format
+    /// (3) is an error.
     pub fn parse(reply: Vec<Value>) -> Result<Self, StoreError> {
         let mut reply = reply.into_iter();
         let mut next = || reply.next().unwrap_or(Value::Nil);
@@ -90,10 +92,10 @@ impl SaveReply {
         }
         Ok(Self {
             applied: code == 1,
-            previous: field(next())?,
-            current: field(next())?,
             version: Version::new(field::<Option<u64>>(next())?.unwrap_or(0)),
             rescore: field::<Option<i64>>(next())? == Some(1),
+            previous: field(next())?,
+            current: field(next())?,
         })
     }
 }
@@ -315,16 +317,21 @@ mod tests {
     fn save_replies_parse_for_applied_and_gone_sessions() {
         let applied = SaveReply::parse(vec![
             Value::Int(1),
+            Value::Int(12),
+            Value::Int(1),
             Value::Nil,
             Value::BulkString(b"bob".to_vec()),
-            Value::BulkString(b"12".to_vec()),
-            Value::Int(1),
         ])
         .unwrap();
         assert!(applied.applied && applied.rescore);
         assert_eq!(applied.version, Version::new(12));
+        assert_eq!(applied.previous, None);
         assert_eq!(applied.current.as_deref(), Some("bob"));
-        let gone = SaveReply::parse(vec![Value::Int(0), Value::Nil, Value::Nil]).unwrap();
+        let kept = SaveReply::parse(vec![Value::Int(1), Value::Int(13)]).unwrap();
+        assert!(kept.applied && !kept.rescore);
+        assert_eq!(kept.version, Version::new(13));
+        assert_eq!((kept.previous, kept.current), (None, None));
+        let gone = SaveReply::parse(vec![Value::Int(0)]).unwrap();
         assert!(!gone.applied && !gone.rescore);
     }
 

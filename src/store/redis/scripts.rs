@@ -90,10 +90,11 @@ return 1
 /// then the removed fields, then field/value pairs to set. Every applied save
 /// bumps the session's version `m:v`.
 ///
-/// Returns `{1, previous user, current user, version, rescore}`, where `rescore`
-/// is 1 when the session's user index entry (score recorded in `m:iscore`) would
-/// expire before the session now does; a missing key gives `{0, nil, nil}` and
-/// is left missing, so a late save cannot resurrect a session. A save that sets
+/// Returns `{1, version, rescore, previous user, current user}`, where
+/// `rescore` is 1 when the session's user index entry (score recorded in
+/// `m:iscore`) would expire before the session now does; a save that keeps the
+/// user and needs no re-score returns only `{1, version}`. A missing key gives
+/// `{0}` and is left missing, so a late save cannot resurrect a session. A save that sets
 /// values and would take the session past the limit writes nothing and gives
 /// `{2, size, limit}`; a hash in a stored format other than 1 (`m:fmt`) is not
 /// touched and gives `{3, format}`.
@@ -122,7 +123,7 @@ for i = removed_last + 1, #ARGV, 2 do changed[#changed + 1] = ARGV[i] end
 -- Every session hash has `m:created`: without it the session is gone.
 local meta = redis.call('HMGET', key, 'm:created', 'm:user', 'm:v', 'm:sz', 'm:fmt', 'm:iscore',
   unpack(changed, 1, math.min(#changed, 1000)))
-if not meta[1] then return {{0, false, false}} end
+if not meta[1] then return {{0}} end
 if meta[5] and meta[5] ~= '1' then return {{3, meta[5]}} end
 local previous = meta[2]
 local size = nil
@@ -172,7 +173,10 @@ redis.call('HSET', key, unpack(set))
 each_chunk(first_last + 1, #ARGV, 1000, function(i, j) redis.call('HSET', key, unpack(ARGV, i, j)) end)
 redis.call('PEXPIREAT', key, ARGV[1])
 if ARGV[7] == 't' then redis.call('HGET', key, 'm:v') end
-return {{1, previous, current, v, rescore}}
+-- The users matter to the caller only when they changed or the index entry
+-- must be re-scored: the common save answers two values instead of five.
+if ARGV[2] == 'k' and rescore == 0 then return {{1, v}} end
+return {{1, v, rescore, previous, current}}
 "
     ))
 });
