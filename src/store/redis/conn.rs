@@ -110,6 +110,9 @@ pub(super) struct Connections {
     /// generation of connections: one opened before the latest switch may point
     /// at the old primary.
     switches: watch::Sender<u64>,
+    /// The count in `switches`, for readers on every request (the near cache
+    /// checks it on each read): a load of it takes no lock.
+    switched: AtomicU64,
     /// The Sentinel watcher, if any: it holds only a weak reference back, and
     /// stops when this is dropped with the last store clone.
     watcher: OnceLock<Watcher>,
@@ -124,6 +127,7 @@ impl Connections {
             last_ok: AtomicU64::new(0),
             epoch: Instant::now(),
             switches: watch::channel(0).0,
+            switched: AtomicU64::new(0),
             watcher: OnceLock::new(),
         }
     }
@@ -148,7 +152,7 @@ impl Connections {
     /// [`switches`](Self::switches)); the near cache compares it with the count
     /// when its channel opened.
     pub fn switch_count(&self) -> u64 {
-        *self.switches.borrow()
+        self.switched.load(Ordering::Acquire)
     }
 
     /// The primary the watcher last installed a connection to (`host:port`),
@@ -192,7 +196,10 @@ impl Connections {
             // Bumped under the slot lock: `get` compares the generation under
             // the same lock before it pins, so a connection it opened before
             // this switch is never pinned after it.
-            self.switches.send_modify(|n| *n += 1);
+            self.switches.send_modify(|n| {
+                *n += 1;
+                self.switched.store(*n, Ordering::Release);
+            });
             let retired = slot.take();
             if let Some(pooled) = replacement {
                 *slot = Some(Pinned {
@@ -298,7 +305,11 @@ impl Connections {
 
     fn record_ok(&self) {
         let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ok.fetch_max(now, Ordering::Relaxed);
+        // Written at most once per millisecond: every request on every core
+        // gets here, and a read-modify-write each time would bounce the line.
+        if self.last_ok.load(Ordering::Relaxed) < now {
+            self.last_ok.fetch_max(now, Ordering::Relaxed);
+        }
     }
 
     /// Retires connection `id` if it is still the pinned one.
