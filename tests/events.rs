@@ -286,11 +286,7 @@ mod redis {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_reports_expirations_from_keyspace_notifications() {
-        let server = RedisServer::start_with(
-            redis_server::free_port(),
-            "data",
-            &["--notify-keyspace-events", "Ex"],
-        );
+        let server = RedisServer::start_with("data", &["--notify-keyspace-events", "Ex"]);
         let (events, mut rx) = collected();
         let store = RedisStore::connect(&server.url()).await.unwrap();
         let watch = store.spawn_expiry_events(events).unwrap();

@@ -129,72 +129,98 @@ pub struct RedisServer {
 impl RedisServer {
     /// A standalone server with no persistence on a free port.
     pub fn start() -> Self {
-        Self::start_with(free_port(), "data", &[])
+        Self::start_with("data", &[])
     }
 
-    /// A server on `port` with extra arguments (e.g. `--replicaof`).
-    pub fn start_with(port: u16, role: &str, extra: &[&str]) -> Self {
-        let dir = temp_dir(role);
-        let mut args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            dir.to_str().unwrap(),
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-        args.extend(extra.iter().map(|a| (*a).to_owned()));
-        let mut server = Self {
-            port,
-            dir,
-            args,
-            process: None,
-            container: None,
-            container_up: false,
-        };
-        server.spawn();
-        server
+    /// A server on a free port with extra arguments (e.g. `--replicaof`).
+    pub fn start_with(role: &str, extra: &[&str]) -> Self {
+        Self::start_on_free_port(|port| {
+            let dir = temp_dir(role);
+            let mut args: Vec<String> = [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                dir.to_str().unwrap(),
+            ]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+            args.extend(extra.iter().map(|a| (*a).to_owned()));
+            (dir, args)
+        })
     }
 
     /// A sentinel on a free port monitoring `primary` under `name`.
     fn start_sentinel(primary: u16, name: &str) -> Self {
-        let port = free_port();
-        let dir = temp_dir("sentinel");
-        let conf = dir.join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
-                 sentinel monitor {name} 127.0.0.1 {primary} 2\n\
-                 sentinel down-after-milliseconds {name} 1000\n\
-                 sentinel failover-timeout {name} 3000\n\
-                 sentinel parallel-syncs {name} 1\n",
-                dir = dir.display()
-            ),
-        )
-        .unwrap();
-        let mut server = Self {
-            port,
-            dir,
-            args: vec![conf.to_str().unwrap().to_owned(), "--sentinel".to_owned()],
-            process: None,
-            container: None,
-            container_up: false,
-        };
-        server.spawn();
-        server
+        Self::start_on_free_port(|port| {
+            let dir = temp_dir("sentinel");
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
+                     sentinel monitor {name} 127.0.0.1 {primary} 2\n\
+                     sentinel down-after-milliseconds {name} 1000\n\
+                     sentinel failover-timeout {name} 3000\n\
+                     sentinel parallel-syncs {name} 1\n",
+                    dir = dir.display()
+                ),
+            )
+            .unwrap();
+            (
+                dir,
+                vec![conf.to_str().unwrap().to_owned(), "--sentinel".to_owned()],
+            )
+        })
+    }
+
+    /// Starts a server made by `setup` (its directory and arguments for a
+    /// port) on a free port. A free port can be taken by another test process
+    /// between the check and the server's bind; the server then exits at once,
+    /// and a PING would be answered by the other process's server. So a server
+    /// counts as started only when the process answering is this one, and
+    /// otherwise it is started again on another port.
+    fn start_on_free_port(setup: impl Fn(u16) -> (PathBuf, Vec<String>)) -> Self {
+        const TRIES: usize = 5;
+        for _ in 0..TRIES {
+            let port = free_port();
+            let (dir, args) = setup(port);
+            let mut server = Self {
+                port,
+                dir,
+                args,
+                process: None,
+                container: None,
+                container_up: false,
+            };
+            if server.try_spawn() {
+                return server;
+            }
+            // Dropping it removes its directory; its process has exited.
+        }
+        panic!("redis: {TRIES} free ports in a row were taken before the server bound them");
     }
 
     fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(),
+            "redis on port {} exited at start (port taken?); log: {}",
+            self.port,
+            self.dir.join("server.log").display()
+        );
+    }
+
+    /// Starts the server and waits until it answers PING; `false` when the
+    /// process exited first (its port was taken).
+    fn try_spawn(&mut self) -> bool {
         assert!(
             self.process.is_none() && !self.container_up,
             "server already running"
@@ -203,9 +229,36 @@ impl RedisServer {
             Source::Binaries => self.spawn_process(),
             Source::Containers => self.spawn_container(),
         }
-        self.wait_until(Duration::from_secs(10), "answer PING", |s| {
-            s.cli(&["PING"]).is_some_and(|r| r.trim() == "PONG")
-        });
+        let (start, limit) = (Instant::now(), Duration::from_secs(10));
+        loop {
+            if let Some((server, _)) = &mut self.process
+                && server.try_wait().ok().flatten().is_some()
+            {
+                self.kill();
+                return false;
+            }
+            if self.answers_as_itself() {
+                return true;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "redis on port {} did not answer PING within {limit:?}; log: {}",
+                self.port,
+                self.dir.join("server.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether the server on this port answers, and is the process this
+    /// handle started (for a container, whatever answers on its port).
+    fn answers_as_itself(&self) -> bool {
+        let Some((server, _)) = &self.process else {
+            return self.cli(&["PING"]).is_some_and(|r| r.trim() == "PONG");
+        };
+        self.cli(&["INFO", "server"])
+            .and_then(|info| info_field(&info, "process_id"))
+            .is_some_and(|pid| pid.trim() == server.id().to_string())
     }
 
     /// Starts its container, or restarts it with its files. The server runs
@@ -391,11 +444,8 @@ impl SentinelSetup {
     pub fn start() -> Self {
         let primary = RedisServer::start();
         let primary_port = primary.port().to_string();
-        let replica = RedisServer::start_with(
-            free_port(),
-            "replica",
-            &["--replicaof", "127.0.0.1", &primary_port],
-        );
+        let replica =
+            RedisServer::start_with("replica", &["--replicaof", "127.0.0.1", &primary_port]);
         replica.wait_until(Duration::from_secs(15), "sync with the primary", |r| {
             r.cli(&["INFO", "replication"])
                 .and_then(|i| info_field(&i, "master_link_status"))
@@ -531,7 +581,6 @@ fn start_cluster_nodes(
     let nodes: Vec<RedisServer> = (0..count)
         .map(|_| {
             RedisServer::start_with(
-                free_port(),
                 role,
                 &[
                     "--cluster-enabled",
