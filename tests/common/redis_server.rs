@@ -229,25 +229,20 @@ impl RedisServer {
             Source::Binaries => self.spawn_process(),
             Source::Containers => self.spawn_container(),
         }
-        let (start, limit) = (Instant::now(), Duration::from_secs(10));
-        loop {
-            if let Some((server, _)) = &mut self.process
-                && server.try_wait().ok().flatten().is_some()
-            {
-                self.kill();
-                return false;
-            }
-            if self.answers_as_itself() {
-                return true;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "redis on port {} did not answer PING within {limit:?}; log: {}",
-                self.port,
-                self.dir.join("server.log").display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        let limit = Duration::from_secs(10);
+        let failure = self.not_within(limit, "answer PING");
+        let mut exited = false;
+        poll_until(limit, &failure, || {
+            exited = self
+                .process
+                .as_mut()
+                .is_some_and(|(server, _)| server.try_wait().ok().flatten().is_some());
+            exited || self.answers_as_itself()
+        });
+        if exited {
+            self.kill();
         }
+        !exited
     }
 
     /// Whether the server on this port answers, and is the process this
@@ -347,16 +342,16 @@ impl RedisServer {
 
     /// Polls `ready` every 100 ms until it holds, panicking after `limit`.
     pub fn wait_until(&self, limit: Duration, what: &str, ready: impl Fn(&Self) -> bool) {
-        let start = Instant::now();
-        while !ready(self) {
-            assert!(
-                start.elapsed() < limit,
-                "redis on port {} did not {what} within {limit:?}; log: {}",
-                self.port,
-                self.dir.join("server.log").display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        poll_until(limit, &self.not_within(limit, what), || ready(self));
+    }
+
+    /// The failure message of a wait for it to `what` within `limit`.
+    fn not_within(&self, limit: Duration, what: &str) -> String {
+        format!(
+            "redis on port {} did not {what} within {limit:?}; log: {}",
+            self.port,
+            self.dir.join("server.log").display()
+        )
     }
 }
 
@@ -365,6 +360,16 @@ impl Drop for RedisServer {
         self.kill();
         self.container = None;
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `ready` every 100 ms until it holds, panicking with `failure` after
+/// `limit`.
+fn poll_until(limit: Duration, failure: &str, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < limit, "{failure}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

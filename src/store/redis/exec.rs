@@ -24,7 +24,7 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         let mut cmd = script_call(script, key);
         args(&mut cmd);
-        if self.replica_acks.is_none() || !durable {
+        if self.acks_for(durable).is_none() {
             // One command rather than a pipeline of one: no packing into a
             // pipeline buffer and no vector of replies for the common case.
             let value = loading(conn, script, Sent::Command(&cmd)).await?;
@@ -56,6 +56,12 @@ impl RedisStore {
         Ok(replies)
     }
 
+    /// The replica acks a write waits for: none unless it is `durable` and the
+    /// store asks for acks.
+    fn acks_for(&self, durable: bool) -> Option<ReplicaAcks> {
+        self.replica_acks.filter(|_| durable)
+    }
+
     /// One pipeline: the script calls, then a `WAIT` for a durable write.
     async fn run<T: FromRedisValue>(
         &self,
@@ -69,7 +75,7 @@ impl RedisStore {
         for cmd in calls {
             pipe.add_command(cmd);
         }
-        let acks = self.replica_acks.filter(|_| durable);
+        let acks = self.acks_for(durable);
         if let Some(acks) = acks {
             pipe.cmd("WAIT")
                 .arg(acks.replicas)

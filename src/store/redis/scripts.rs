@@ -94,9 +94,9 @@ return 1
 /// `rescore` is 1 when the session's user index entry (score recorded in
 /// `m:iscore`) would expire before the session now does; a save that keeps the
 /// user and needs no re-score returns only `{1, version}`. A missing key gives
-/// `{0}` and is left missing, so a late save cannot resurrect a session. A save that sets
-/// values and would take the session past the limit writes nothing and gives
-/// `{2, size, limit}`; a hash in a stored format other than 1 (`m:fmt`) is not
+/// `{0}` and is left missing, so a late save cannot resurrect a session. A save
+/// that sets values and would take the session past the limit writes nothing
+/// and gives `{2, size, limit}`; a hash in a stored format other than 1 (`m:fmt`) is not
 /// touched and gives `{3, format}`.
 ///
 /// A save that keeps the user runs three commands: one `HMGET` reads the
